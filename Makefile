@@ -1,0 +1,27 @@
+# Two entry points work from a fresh clone: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp is rebuilt whenever the dependency list changes, so a pulled pyproject.toml change reinstalls.
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_project
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[cpu,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m raydm2.demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,201 @@
+"""`raydm2` command line: parses arguments, validates config once, calls the library, maps errors to exit codes.
+
+Exit codes: 0 success, 2 a refused input or state (message on stderr, nothing changed), 1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+from raydm2 import ingest as ingest_mod
+from raydm2 import loop
+from raydm2.config import validate_config
+from raydm2.errors import RayDM2Error
+from raydm2.presets import PRESETS
+from raydm2.project import Project
+
+
+def _parse_set(values: list[str]) -> dict:
+    """`--set strategy.k=5` pairs; values are parsed as YAML scalars so numbers and booleans keep their type."""
+    out = {}
+    for item in values or []:
+        if "=" not in item:
+            raise RayDM2Error(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise RayDM2Error(f"--set {key}: cannot parse value {raw!r} ({exc})") from None
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _dotted_to_nested(flat: dict) -> dict:
+    nested: dict = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return nested
+
+
+# ---- ingest --------------------------------------------------------------------------------------------------
+def cmd_ingest(args) -> None:
+    fmt = args.format
+    if fmt in ("mnist", "fashion_mnist"):
+        counts = ingest_mod.ingest_idx_dataset(args.root, args.out, source=fmt)
+    elif fmt == "idx":
+        x, y = ingest_mod.load_idx_pair(args.images, args.labels)
+        counts = {"rows": len(ingest_mod.pool.append_arrays(args.out, x, y, "idx"))}
+    elif fmt == "cifar_npz":
+        counts = ingest_mod.ingest_npz_dataset(args.path, args.out, source="cifar10")
+    elif fmt == "cifar_batches":
+        x, y = ingest_mod.load_cifar_batches(args.files)
+        counts = {"rows": len(ingest_mod.pool.append_arrays(args.out, x, y, "cifar10"))}
+    elif fmt == "folder":
+        rows, classes = ingest_mod.ingest_folder(args.root, args.out)
+        counts = {"rows": rows}
+        if classes:
+            print("classes (label index = position): " + ", ".join(classes))
+    elif fmt == "numpy":
+        x, y = ingest_mod.load_numpy(args.images, args.labels)
+        counts = {"rows": len(ingest_mod.pool.append_arrays(args.out, x, y, "numpy"))}
+    elif fmt == "sample":
+        root = ingest_mod.sample_data_dir()
+        counts = {
+            f"mnist/{k}": v
+            for k, v in ingest_mod.ingest_idx_dataset(os.path.join(root, "mnist"), f"{args.out}/mnist", "mnist").items()
+        }
+        counts.update(
+            {
+                f"cifar10/{k}": v
+                for k, v in ingest_mod.ingest_npz_dataset(
+                    os.path.join(root, "cifar10", "cifar10_sample.npz"), f"{args.out}/cifar10", "cifar10"
+                ).items()
+            }
+        )
+    else:  # argparse restricts choices; reaching here is a bug
+        raise AssertionError(fmt)
+    for name, rows in counts.items():
+        print(f"{name}: {rows} images appended")
+
+
+# ---- init / seed / status ------------------------------------------------------------------------------------
+def cmd_init(args) -> None:
+    data: dict = {}
+    if args.preset:
+        data = _merge(data, PRESETS[args.preset])
+    if args.config:
+        with open(args.config) as f:
+            try:
+                data = _merge(data, yaml.safe_load(f) or {})
+            except yaml.YAMLError as exc:
+                raise RayDM2Error(f"malformed {args.config}: {exc}") from None
+    data = _merge(data, {k: v for k, v in {"pool": args.pool, "test_pool": args.test_pool}.items() if v})
+    data.setdefault("name", args.name or os.path.basename(os.path.abspath(args.project)))
+    data = _merge(data, _dotted_to_nested(_parse_set(args.set)))
+    config = validate_config(data, source="project settings")
+    Project.create(args.project, config)
+    print(f"created project {config.name!r} at {args.project}")
+
+
+def cmd_seed(args) -> None:
+    project = Project.open(args.project)
+    selection = loop.seed(project, args.n)
+    print(f"round 0: {selection.num_rows} images selected at random (seed {project.config.seed})")
+
+
+def cmd_status(args) -> None:
+    project = Project.open(args.project)
+    print(f"project {project.config.name} ({project.uri}); pool {project.config.pool}")
+    print(f"{'round':>5}  {'state':<10} {'strategy':<16} {'selected':>8} {'labels':>6}  {'clean':>6} {'robust':>6}  seconds")
+    for n in project.round_ids():
+        m = project.manifest(n)
+        sel = m["counts"].get("selected", "-")
+        labels = project.labels(n).num_rows
+        clean = m["metrics"].get("clean_accuracy")
+        robust = m["metrics"].get("robust_accuracy")
+        timings = " ".join(f"{k}={v:.1f}" for k, v in m["timings"].items())
+        print(
+            f"{n:>5}  {m['state']:<10} {m['strategy']:<16} {sel:>8} {labels:>6}  "
+            f"{'-' if clean is None else f'{clean:.3f}':>6} {'-' if robust is None else f'{robust:.3f}':>6}  {timings}"
+        )
+    print(f"labels in total: {project.all_labels().num_rows}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raydm2", description="Large-pool active learning with DM2 on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="write a pool (Parquet) from a dataset in its original format")
+    fmts = p.add_subparsers(dest="format", required=True)
+    for name in ("mnist", "fashion_mnist"):
+        q = fmts.add_parser(name, help=f"{name} folder of idx .gz files -> OUT/train and OUT/test pools")
+        q.add_argument("--root", required=True)
+        q.add_argument("--out", required=True)
+    q = fmts.add_parser("idx", help="one idx images file (+ labels file) -> pool")
+    q.add_argument("--images", required=True)
+    q.add_argument("--labels")
+    q.add_argument("--out", required=True)
+    q = fmts.add_parser("cifar_npz", help="npz with x_train/y_train/x_test/y_test -> OUT/train and OUT/test")
+    q.add_argument("--path", required=True)
+    q.add_argument("--out", required=True)
+    q = fmts.add_parser("cifar_batches", help="CIFAR-10 python batch files -> pool")
+    q.add_argument("files", nargs="+")
+    q.add_argument("--out", required=True)
+    q = fmts.add_parser("folder", help="root/<class>/*.png|jpg (labelled) or a flat folder -> pool")
+    q.add_argument("--root", required=True)
+    q.add_argument("--out", required=True)
+    q = fmts.add_parser("numpy", help=".npy uint8 images (+ .npy labels) -> pool")
+    q.add_argument("--images", required=True)
+    q.add_argument("--labels")
+    q.add_argument("--out", required=True)
+    q = fmts.add_parser("sample", help="the real sample shipped with raydm2 -> OUT/mnist/{train,test}, OUT/cifar10/...")
+    q.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("init", help="create a project (validated project.yaml)")
+    p.add_argument("--project", required=True)
+    p.add_argument("--pool")
+    p.add_argument("--test-pool")
+    p.add_argument("--name")
+    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--config", help="a YAML file of settings, merged over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. strategy.budget=50")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("seed", help="round 0: a seeded random initial selection")
+    p.add_argument("--project", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("status", help="rounds, states, label counts, accuracy and timings")
+    p.add_argument("--project", required=True)
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RayDM2Error as exc:
+        print(f"raydm2: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
