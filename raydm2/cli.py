@@ -135,6 +135,61 @@ def cmd_status(args) -> None:
     print(f"labels in total: {project.all_labels().num_rows}")
 
 
+def _open_with_overrides(args) -> Project:
+    """Open the project and apply `--set` overrides for this run only (project.yaml is not rewritten)."""
+    project = Project.open(args.project)
+    overrides = _parse_set(getattr(args, "set", None))
+    if overrides:
+        project.config = project.config.with_overrides(overrides)
+    return project
+
+
+def cmd_label(args) -> None:
+    from raydm2 import labels as labels_mod
+
+    project = Project.open(args.project)
+    n = args.round if args.round is not None else project.latest_in_state("selected", "exported", "labeled")
+    if n is None:
+        raise RayDM2Error("no round is waiting for labels")
+    if args.oracle:
+        ids, values = labels_mod.oracle(project, n)
+    else:
+        raise RayDM2Error("give a label file, or --oracle to take ground truth from the pool (simulation)")
+    result = labels_mod.import_labels(project, n, ids, values, allow_unselected=args.allow_unselected)
+    print(f"round {n}: {result['labels']} labels ({'complete' if result['complete'] else 'partial'})")
+
+
+def cmd_train(args) -> None:
+    project = _open_with_overrides(args)
+    metrics = loop.train(project, args.round)
+    print("trained: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in sorted(metrics.items()) if v is not None))
+
+
+def _acquire_options(args):
+    from raydm2.acquire import AcquireOptions
+
+    return AcquireOptions(actors=args.actors, batch_size=args.batch_size or 256)
+
+
+def cmd_acquire(args) -> None:
+    project = _open_with_overrides(args)
+    selection = loop.acquire(project, _acquire_options(args))
+    n = project.latest_round()
+    m = project.manifest(n)
+    print(f"round {n}: selected {selection.num_rows} images with {m['strategy']}; "
+          + " ".join(f"{k}={v:.1f}s" for k, v in m["timings"].items()))
+    for warning in m.get("warnings", []):
+        print(f"warning: {warning}")
+
+
+def cmd_round(args) -> None:
+    project = _open_with_overrides(args)
+    with project.writing():
+        cmd_train(args)
+        cmd_acquire(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raydm2", description="Large-pool active learning with DM2 on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +235,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True)
     p.add_argument("--n", type=int, required=True)
     p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("label", help="import labels for a round's selection")
+    p.add_argument("--project", required=True)
+    p.add_argument("--round", type=int)
+    p.add_argument("--oracle", action="store_true", help="ground truth from the pool's label column (simulation)")
+    p.add_argument("--allow-unselected", action="store_true")
+    p.set_defaults(func=cmd_label)
+
+    for name, func, text in (
+        ("train", cmd_train, "train DM2-AT on Ray Train with every label so far"),
+        ("acquire", cmd_acquire, "select the next batch with the latest trained checkpoint"),
+        ("round", cmd_round, "train on the current labels, then acquire the next batch"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--project", required=True)
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting for this run, e.g. strategy.knn.k=5")
+        if name != "acquire":
+            p.add_argument("--round", type=int, help="round to train (default: the latest labeled)")
+        if name != "train":
+            p.add_argument("--actors", type=int, help="actor pool size (default: from free resources)")
+            p.add_argument("--batch-size", type=int)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("status", help="rounds, states, label counts, accuracy and timings")
     p.add_argument("--project", required=True)

@@ -60,3 +60,77 @@ def seed(project: Project, n: int) -> pa.Table:
             timings={"select_s": round(time.perf_counter() - started, 4)},
         )
     return selection
+
+
+def train(project: Project, round_: int | None = None, opts=None) -> dict:
+    """Train on every label up to round n (default: the latest labeled round); the weights become round n's
+    checkpoint, which the next acquisition loads. Re-running a killed training of the same round resumes it."""
+    from raydm2 import checkpoint
+    from raydm2 import train as train_mod
+    from raydm2.models import build, spec_from_config
+    from raydm2.runtime import connect
+
+    opts = opts or train_mod.TrainOptions()
+    with project.writing():
+        n = round_ if round_ is not None else project.latest_in_state("labeled", "trained")
+        if n is None:
+            raise RayDM2Error("no labeled round to train on: import labels first (`raydm2 label`)")
+        state = project.manifest(n)["state"]
+        if state not in ("labeled", "trained"):
+            raise RayDM2Error(f"round {n} is {state!r}; train needs its labels imported first")
+        labels = project.all_labels(upto=n)
+        connect()
+        started = time.perf_counter()
+        storage = project.loc.join("train_runs")
+        weights, metrics = train_mod.fit(project.config, labels, storage.path, storage.fs, f"round-{n:04d}", opts)
+        spec = spec_from_config(project.config)
+        model = build(spec)
+        model.load_state_dict(weights)
+        checkpoint.save(model, spec, project.checkpoint_dir(n),
+                        extra={"round": n, "config_hash": project.config.hash(), "labels": labels.num_rows})
+        keep = ("clean_accuracy", "robust_accuracy", "train_loss", "images_per_s", "epoch", "test_images",
+                "eval_epsilon")
+        project.update(
+            n,
+            state="trained",
+            metrics={k: metrics[k] for k in keep if k in metrics},
+            counts={"labels_trained_on": labels.num_rows},
+            timings={"train_s": round(time.perf_counter() - started, 4)},
+        )
+    return metrics
+
+
+def acquire(project: Project, opts=None) -> pa.Table:
+    """Select round t+1 with the checkpoint of the latest trained round t. A round left in `acquiring` by a
+    crash is re-run from scratch; its result is the same because the selection is deterministic."""
+    from raydm2.acquire import AcquireOptions, acquire_dm2
+    from raydm2.runtime import connect
+
+    opts = opts or AcquireOptions()
+    strategy = project.config.strategy
+    with project.writing():
+        t = project.latest_in_state("trained")
+        if t is None:
+            raise RayDM2Error("no trained round yet: train on the seed labels first (`raydm2 train`)")
+        n = t + 1
+        if project.has_round(n):
+            state = project.manifest(n)["state"]
+            if state != "acquiring":
+                raise RayDM2Error(f"round {n} is already {state!r}; label and train it before acquiring again")
+        else:
+            project.new_round(n, strategy=strategy.name)
+        project.update(n, state="acquiring", checkpoint=project.checkpoint_dir(t).uri)
+        excluded = project.selected_ids(before=n)
+        connect()
+        started = time.perf_counter()
+        result = acquire_dm2(project.config, project.checkpoint_dir(t).uri, n, excluded, opts)
+        project.write_selection(n, result.selection)
+        project.update(
+            n,
+            state="selected",
+            counts=result.counts,
+            timings={**result.timings, "total_s": round(time.perf_counter() - started, 4)},
+            index=result.index,
+            warnings=result.warnings,
+        )
+    return result.selection

@@ -172,12 +172,12 @@ class Project:
             raise RayDM2Error(f"round {n} has no selection yet")
         return path.read_table()
 
-    def selected_ids(self) -> np.ndarray:
-        """Every id selected in any round: never selected again."""
+    def selected_ids(self, before: int | None = None) -> np.ndarray:
+        """Every id selected in rounds before `before` (default: all rounds); such ids are never selected again."""
         parts = [
             self.selection(n).column("id").to_numpy()
             for n in self.round_ids()
-            if self._round(n).join("selection.parquet").exists()
+            if (before is None or n < before) and self._round(n).join("selection.parquet").exists()
         ]
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
@@ -191,8 +191,8 @@ class Project:
         self._require_lock()
         self._round(n).join("labels.parquet").write_table(table.cast(LABELS_SCHEMA))
 
-    def all_labels(self) -> pa.Table:
-        tables = [self.labels(n) for n in self.round_ids()]
+    def all_labels(self, upto: int | None = None) -> pa.Table:
+        tables = [self.labels(n) for n in self.round_ids() if upto is None or n <= upto]
         return pa.concat_tables(tables) if tables else LABELS_SCHEMA.empty_table()
 
     # ---- checkpoints ---------------------------------------------------------------------------------------

@@ -38,3 +38,36 @@ def ray_cluster():
     runtime.connect(include_dashboard=False, num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(sample_pools, tmp_path_factory):
+    """A real small CNN trained for two epochs on the first 1,000 sample images (plain PyTorch, ~10 s), saved in
+    the checkpoint format acquisition loads. Ray Train training is tested on its own in test_train.py."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from raydm2 import checkpoint, pool
+    from raydm2.dm2 import to_tensor
+    from raydm2.images import decode
+    from raydm2.models import ModelSpec, build
+
+    table = pool.read_columns(sample_pools["mnist_train"], ["id", "image", "label"]).sort_by("id").slice(0, 1000)
+    x = np.stack([decode(b, 28, 1) for b in table.column("image").to_pylist()])
+    y = torch.from_numpy(table.column("label").to_numpy())
+    torch.manual_seed(0)
+    spec = ModelSpec("small_cnn", 10, 1, 28)
+    model = build(spec)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(2):
+        perm = torch.randperm(len(y))
+        for s in range(0, len(y), 64):
+            idx = perm[s:s + 64]
+            loss = F.cross_entropy(model(to_tensor(x[idx.numpy()])), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = str(tmp_path_factory.mktemp("ckpt") / "small_cnn")
+    checkpoint.save(model, spec, path)
+    return path

@@ -1,0 +1,44 @@
+"""From scored candidates to the round's selection: global top-B, optional dedupe, ranks, output columns."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from raydm2.dm2 import dedupe
+from raydm2.topk import top_rows
+
+log = logging.getLogger(__name__)
+
+SELECTION_COLUMNS = ["id", "rank", "score", "neighbor_id", "mix_lambda", "anchor_conf", "neighbor_dist"]
+
+
+def candidates_to_keep(budget: int, k: int, dedupe_radius: float | None) -> int:
+    """How many best candidates each block must keep so the merge stays exact. With dedupe, items can be
+    skipped, so the walk considers the best B·(k+1) candidates (each selected item's k neighbours, plus it)."""
+    return budget * (k + 1) if dedupe_radius else budget
+
+
+def finalize(candidates: pa.Table, budget: int, dedupe_radius: float | None) -> tuple[pa.Table, list[str]]:
+    """Rank the merged candidates and cut to B. Returns the selection and any warnings for the manifest."""
+    warnings = []
+    ordered = top_rows(candidates, candidates.num_rows)
+    if dedupe_radius:
+        nbr_ids = ordered.column("nbr_ids").to_numpy(zero_copy_only=False)
+        nbr_d = ordered.column("nbr_dists").to_numpy(zero_copy_only=False)
+        keep = dedupe(ordered.column("id").to_numpy(), list(nbr_ids), list(nbr_d), budget, dedupe_radius)
+        skipped = min(ordered.num_rows, int(keep[-1]) + 1 if len(keep) else 0) - len(keep)
+        ordered = ordered.take(pa.array(keep))
+        if skipped:
+            warnings.append(f"dedupe skipped {skipped} near-duplicate candidates (radius {dedupe_radius})")
+    else:
+        ordered = ordered.slice(0, budget)
+    if ordered.num_rows < budget:
+        msg = f"budget {budget} exceeds the {ordered.num_rows} selectable images; selecting all of them"
+        log.warning(msg)
+        warnings.append(msg)
+    columns = [c for c in SELECTION_COLUMNS if c in ordered.column_names or c == "rank"]
+    table = ordered.append_column("rank", pa.array(np.arange(ordered.num_rows, dtype=np.int32)))
+    return table.select(columns), warnings

@@ -1,0 +1,288 @@
+"""DM2-AT training on Ray Train (SPEC section 4): TorchTrainer, DDP via `prepare_model`, clean + FGSM loss,
+a checkpoint every `checkpoint_every` epochs, automatic resume, and clean/robust evaluation on the test pool.
+
+Data: the labeled ids are joined with the pool through Ray Data and decoded there; each worker takes its shard
+with `get_dataset_shard` and keeps it in memory, since a labeled set is small by construction (it is the
+labeling budget) and re-streaming it every epoch would cost more than the training step itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+import torch
+import torch.nn.functional as F
+
+from raydm2 import pool
+from raydm2.config import ProjectConfig, TrainConfig
+from raydm2.dm2 import to_tensor
+from raydm2.embed import decode_batch
+from raydm2.errors import RayDM2Error
+from raydm2.fgsm import dm2at_loss, fgsm
+from raydm2.models import ModelSpec, build, spec_from_config
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a worker needs, validated on the driver. The two fault fields exist for tests only."""
+
+    model: ModelSpec
+    train: TrainConfig
+    seed: int
+    threads: int
+    fail_once_at_epoch: int | None = None
+    fail_marker: str | None = None
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
+def labeled_dataset(config: ProjectConfig, labels: pa.Table) -> ray.data.Dataset:
+    """(pixels, label) rows for the labeled ids: pool ⋈ labels on id, then decoded in CPU tasks."""
+    if labels.num_rows == 0:
+        raise RayDM2Error("no labels to train on: import labels for the selected images first")
+    images = ray.data.read_parquet(pool.part_uris(config.pool), columns=["id", "image"])
+    table = labels.select(["id", "label"])
+    joined = images.join(ray.data.from_arrow(table), "inner", 1, on=("id",))
+    return _decode_with_labels(joined, config)
+
+
+def test_dataset(config: ProjectConfig) -> ray.data.Dataset | None:
+    if not config.test_pool:
+        return None
+    info = pool.pool_info(config.test_pool)
+    if not info.has_labels:
+        raise RayDM2Error(f"test pool {config.test_pool!r} has no label column")
+    ds = ray.data.read_parquet(pool.part_uris(config.test_pool), columns=["id", "image", "label"])
+    return _decode_with_labels(ds, config)
+
+
+def _decode_with_labels(ds: ray.data.Dataset, config: ProjectConfig) -> ray.data.Dataset:
+    def decode_keep_label(batch):
+        out = decode_batch(batch, config.image.size, config.image.channels)
+        ok = out["ok"].astype(bool)
+        return {"id": out["id"][ok], "pixels": out["pixels"][ok], "label": batch["label"][ok].astype(np.int64)}
+
+    return ds.map_batches(decode_keep_label, batch_format="numpy", num_cpus=0.5)
+
+
+def _load_shard(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    shard = ray.train.get_dataset_shard(name)
+    ids, xs, ys = [], [], []
+    for b in shard.iter_batches(batch_format="numpy", batch_size=4096):
+        ids.append(b["id"])
+        xs.append(b["pixels"])
+        ys.append(b["label"])
+    if not ids:
+        return np.empty(0, np.int64), np.empty((0,), np.uint8), np.empty(0, np.int64)
+    order = np.argsort(np.concatenate(ids), kind="stable")  # shard content, not arrival order, decides
+    return np.concatenate(ids)[order], np.concatenate(xs)[order], np.concatenate(ys)[order]
+
+
+# ---- the per-worker loop -------------------------------------------------------------------------------------
+def augment(x: torch.Tensor, gen: torch.Generator, rgb: bool) -> torch.Tensor:
+    """Random crop (pad 4 for RGB, 2 for grey) plus horizontal flip for RGB; deterministic given `gen`."""
+    pad = 4 if rgb else 2
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if rgb:
+        flip = torch.rand(n, generator=gen) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class _AllReduceCount:
+    calls = 0
+
+
+def _counting_allreduce(state: _AllReduceCount, bucket):
+    """DDP comm hook: counts gradient all-reduces, then does the default one. Lets tests prove the FGSM
+    input-gradient pass never triggers DDP communication."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    state.calls += 1
+    return allreduce_hook(None, bucket)
+
+
+@torch.no_grad()
+def _accuracy_counts(model, x: np.ndarray, y: np.ndarray, epsilon: float, device) -> tuple[int, int, int]:
+    """(clean correct, FGSM-robust correct, n) in eval mode; the attack itself needs gradients."""
+    module = getattr(model, "module", model)
+    module.eval()
+    clean = robust = 0
+    for s in range(0, len(y), 512):
+        xb = to_tensor(x[s:s + 512]).to(device)
+        yb = torch.from_numpy(y[s:s + 512]).to(device)
+        clean += int((module(xb).argmax(1) == yb).sum())
+        with torch.enable_grad():
+            adv = fgsm(module, xb, yb, epsilon) if epsilon > 0 else xb
+        robust += int((module(adv).argmax(1) == yb).sum())
+    module.train()
+    return clean, robust, len(y)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train.torch
+
+    job: TrainJob = loop_config["job"]
+    cfg = job.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(job.threads)
+    torch.manual_seed(job.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    device = ray.train.torch.get_device()
+
+    model = ray.train.torch.prepare_model(build(job.model))
+    counter = _AllReduceCount()
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model.register_comm_hook(counter, _counting_allreduce)
+    module = getattr(model, "module", model)
+    optimizer = _optimizer(model, cfg)
+
+    start_epoch = 0
+    resumed_from = None
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = resumed_from = int(state["epoch"])
+
+    ids, x_all, y_all = _load_shard("train")
+    rgb = job.model.channels == 3
+    metrics: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        # The epoch's randomness depends only on (seed, epoch, rank), so a resumed run repeats it exactly.
+        gen = torch.Generator().manual_seed(job.seed * 1_000_003 + epoch * 1009 + rank)
+        perm = torch.randperm(len(y_all), generator=gen).numpy()
+        model.train()
+        started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        for s in range(0, len(perm), cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            xb = to_tensor(x_all[idx])
+            if cfg.augment:
+                xb = augment(xb, gen, rgb)
+            xb, yb = xb.to(device), torch.from_numpy(y_all[idx]).to(device)
+            eps = cfg.epsilon if cfg.adversarial == "online" else 0.0
+            loss, _ = dm2at_loss(model, xb, yb, eps, cfg.adv_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+            steps += 1
+        elapsed = time.perf_counter() - started
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "images_per_s": seen / max(elapsed, 1e-9),
+            "steps": steps,
+            "allreduce_calls": counter.calls,
+            "rank_rows": int(len(y_all)),
+            "rank_ids_checksum": int(ids.sum()),
+            "resumed_from_epoch": resumed_from,
+        }
+        last = epoch + 1 == cfg.epochs
+        if last and "test" in loop_config["datasets"]:
+            # Evaluated before the final report so the metrics travel with the final checkpoint.
+            metrics.update(_evaluate(model, cfg.epsilon, device, world))
+        if last or (epoch + 1) % cfg.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank == 0:
+                    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                "epoch": torch.tensor(epoch + 1)}, os.path.join(tmp, STATE_FILE))
+                ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+                ray.train.report(metrics, checkpoint=ckpt)
+        else:
+            ray.train.report(metrics)
+        if job.fail_once_at_epoch == epoch + 1 and job.fail_marker and not os.path.exists(job.fail_marker):
+            open(job.fail_marker, "w").close()
+            raise RuntimeError(f"injected worker failure after epoch {epoch + 1}")
+
+
+def _evaluate(model, epsilon: float, device, world: int) -> dict:
+    _, x_test, y_test = _load_shard("test")
+    counts = torch.tensor(_accuracy_counts(model, x_test, y_test, epsilon, device), dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(counts)
+    clean, robust, n = counts.tolist()
+    return {"clean_accuracy": clean / max(n, 1), "robust_accuracy": robust / max(n, 1), "test_images": int(n),
+            "eval_epsilon": epsilon}
+
+
+# ---- the driver side -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainOptions:
+    max_failures: int = 2
+    fail_once_at_epoch: int | None = None  # tests: raise once after this epoch's checkpoint
+    fail_marker: str | None = None
+
+
+def _worker_resources(cfg: TrainConfig) -> tuple[dict, int]:
+    """CPU per worker and torch threads. On CPU the workers leave a CPU for Ray Data's tasks that feed them
+    (workers holding every CPU starve the data pipeline and training hangs)."""
+    free = float(ray.available_resources().get("CPU", 1.0))
+    if cfg.use_gpu:
+        return {"CPU": 1, "GPU": 1}, 1
+    per_worker = max(0.1, np.floor(max(free - 1.0, 0.5) / cfg.num_workers * 100) / 100)
+    return {"CPU": float(per_worker)}, max(1, int(free // cfg.num_workers))
+
+
+def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, run_name: str,
+        opts: TrainOptions = TrainOptions()) -> tuple[dict, dict]:
+    """Train on the labeled rows; returns (state dict of the final model, final metrics).
+
+    Re-running with the same `run_name` and storage resumes from the run's latest checkpoint (Ray Train V2).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tc = config.train
+    if tc.use_gpu and not ray.cluster_resources().get("GPU"):
+        raise RayDM2Error("train.use_gpu is true but the Ray cluster has no GPU")
+    resources, threads = _worker_resources(tc)
+    job = TrainJob(model=spec_from_config(config), train=tc, seed=config.seed, threads=threads,
+                   fail_once_at_epoch=opts.fail_once_at_epoch, fail_marker=opts.fail_marker)
+    # Materialised before the workers start: the join's shuffle tasks each need a whole CPU, which the workers
+    # would otherwise hold; and a restarted worker group then re-reads blocks instead of re-running the join.
+    datasets = {"train": labeled_dataset(config, labels).materialize()}
+    test = test_dataset(config)
+    if test is not None:
+        datasets["test"] = test.materialize()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job, "datasets": sorted(datasets)},
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RayDM2Error(f"training failed: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    return state["model"], dict(result.metrics)
