@@ -86,7 +86,7 @@ def _build_index(embeddings: ray.data.Dataset, n: int, config: ProjectConfig, ro
 
 
 def _read_pool(config: ProjectConfig, blocks: int | None) -> ray.data.Dataset:
-    return ray.data.read_parquet(pool.part_uris(config.pool), columns=["id", "image"], override_num_blocks=blocks)
+    return ray.data.read_parquet(pool.part_uris(config.pool), override_num_blocks=blocks).select_columns(["id", "image"])
 
 
 def embed_pool(config: ProjectConfig, checkpoint_uri: str, excluded: np.ndarray, opts: AcquireOptions,

@@ -151,12 +151,27 @@ def cmd_label(args) -> None:
     n = args.round if args.round is not None else project.latest_in_state("selected", "exported", "labeled")
     if n is None:
         raise RayDM2Error("no round is waiting for labels")
+    if args.oracle == bool(args.file):
+        raise RayDM2Error("give either a label file (--file) or --oracle (ground truth from the pool, simulation)")
     if args.oracle:
         ids, values = labels_mod.oracle(project, n)
     else:
-        raise RayDM2Error("give a label file, or --oracle to take ground truth from the pool (simulation)")
+        from raydm2 import exchange
+
+        ids, values = exchange.parse(args.file, project.config.classes, args.format)
     result = labels_mod.import_labels(project, n, ids, values, allow_unselected=args.allow_unselected)
     print(f"round {n}: {result['labels']} labels ({'complete' if result['complete'] else 'partial'})")
+
+
+def cmd_export(args) -> None:
+    from raydm2 import exchange
+
+    project = Project.open(args.project)
+    n = args.round if args.round is not None else project.latest_in_state("selected", "exported")
+    if n is None:
+        raise RayDM2Error("no round with a selection to export")
+    count = exchange.export(project, n, args.format, args.out, args.url_prefix)
+    print(f"round {n}: exported {count} items to {args.out}")
 
 
 def cmd_train(args) -> None:
@@ -236,9 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True)
     p.set_defaults(func=cmd_seed)
 
+    p = sub.add_parser("export", help="write a round's selection for annotators (CSV, JSONL, Label Studio)")
+    p.add_argument("--project", required=True)
+    p.add_argument("--round", type=int)
+    p.add_argument("--format", choices=["csv", "jsonl", "labelstudio"], default="csv")
+    p.add_argument("--out", required=True, help="output file; images go to <out stem>_images/")
+    p.add_argument("--url-prefix", help="reference images by this URL prefix instead of local paths")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("label", help="import labels for a round's selection")
     p.add_argument("--project", required=True)
     p.add_argument("--round", type=int)
+    p.add_argument("--file", help="CSV (id,label), JSONL, or a Label Studio JSON export")
+    p.add_argument("--format", choices=["csv", "jsonl", "labelstudio"], help="default: from the file extension")
     p.add_argument("--oracle", action="store_true", help="ground truth from the pool's label column (simulation)")
     p.add_argument("--allow-unselected", action="store_true")
     p.set_defaults(func=cmd_label)

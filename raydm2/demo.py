@@ -20,9 +20,12 @@ def run(workdir: str) -> None:
         [
             "init", "--project", project, "--preset", "mnist", "--name", "demo",
             "--pool", os.path.join(pools, "mnist", "train"), "--test-pool", os.path.join(pools, "mnist", "test"),
-            "--set", "strategy.budget=50", "--set", "train.epochs=3",
+            "--set", "strategy.budget=50", "--set", "train.epochs=10",
         ],
         ["seed", "--project", project, "--n", "100"],
+        # The sample pool carries ground truth, so the oracle stands in for human annotators.
+        ["label", "--project", project, "--oracle"],
+        ["round", "--project", project],
         ["status", "--project", project],
     ]
     for argv in steps:

@@ -184,7 +184,8 @@ class Project:
     # ---- labels --------------------------------------------------------------------------------------------
     def labels(self, n: int) -> pa.Table:
         path = self._round(n).join("labels.parquet")
-        return path.read_table() if path.exists() else LABELS_SCHEMA.empty_table()
+        # Cast so every round's table has the same schema (Parquet drops the schema's field metadata).
+        return path.read_table().cast(LABELS_SCHEMA) if path.exists() else LABELS_SCHEMA.empty_table()
 
     def write_labels(self, n: int, table: pa.Table) -> None:
         """Replace round n's label file with `table` (callers merge and validate first; see `raydm2.labels`)."""

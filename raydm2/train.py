@@ -33,7 +33,7 @@ STATE_FILE = "state.pt"
 
 @dataclass(frozen=True)
 class TrainJob:
-    """Everything a worker needs, validated on the driver. The two fault fields exist for tests only."""
+    """Everything a worker needs, validated on the driver. The last three fields exist for tests only."""
 
     model: ModelSpec
     train: TrainConfig
@@ -41,6 +41,7 @@ class TrainJob:
     threads: int
     fail_once_at_epoch: int | None = None
     fail_marker: str | None = None
+    shard_log_dir: str | None = None
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def labeled_dataset(config: ProjectConfig, labels: pa.Table) -> ray.data.Dataset
     """(pixels, label) rows for the labeled ids: pool ⋈ labels on id, then decoded in CPU tasks."""
     if labels.num_rows == 0:
         raise RayDM2Error("no labels to train on: import labels for the selected images first")
-    images = ray.data.read_parquet(pool.part_uris(config.pool), columns=["id", "image"])
+    images = ray.data.read_parquet(pool.part_uris(config.pool)).select_columns(["id", "image"])
     table = labels.select(["id", "label"])
     joined = images.join(ray.data.from_arrow(table), "inner", 1, on=("id",))
     return _decode_with_labels(joined, config)
@@ -60,7 +61,7 @@ def test_dataset(config: ProjectConfig) -> ray.data.Dataset | None:
     info = pool.pool_info(config.test_pool)
     if not info.has_labels:
         raise RayDM2Error(f"test pool {config.test_pool!r} has no label column")
-    ds = ray.data.read_parquet(pool.part_uris(config.test_pool), columns=["id", "image", "label"])
+    ds = ray.data.read_parquet(pool.part_uris(config.test_pool)).select_columns(["id", "image", "label"])
     return _decode_with_labels(ds, config)
 
 
@@ -166,6 +167,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start_epoch = resumed_from = int(state["epoch"])
 
     ids, x_all, y_all = _load_shard("train")
+    if job.shard_log_dir:
+        np.save(os.path.join(job.shard_log_dir, f"rank{rank}.npy"), ids)
     rgb = job.model.channels == 3
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -195,8 +198,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "images_per_s": seen / max(elapsed, 1e-9),
             "steps": steps,
             "allreduce_calls": counter.calls,
-            "rank_rows": int(len(y_all)),
-            "rank_ids_checksum": int(ids.sum()),
             "resumed_from_epoch": resumed_from,
         }
         last = epoch + 1 == cfg.epochs
@@ -233,6 +234,7 @@ class TrainOptions:
     max_failures: int = 2
     fail_once_at_epoch: int | None = None  # tests: raise once after this epoch's checkpoint
     fail_marker: str | None = None
+    shard_log_dir: str | None = None  # tests: each rank writes the ids of its shard here
 
 
 def _worker_resources(cfg: TrainConfig) -> tuple[dict, int]:
@@ -259,7 +261,8 @@ def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, 
         raise RayDM2Error("train.use_gpu is true but the Ray cluster has no GPU")
     resources, threads = _worker_resources(tc)
     job = TrainJob(model=spec_from_config(config), train=tc, seed=config.seed, threads=threads,
-                   fail_once_at_epoch=opts.fail_once_at_epoch, fail_marker=opts.fail_marker)
+                   fail_once_at_epoch=opts.fail_once_at_epoch, fail_marker=opts.fail_marker,
+                   shard_log_dir=opts.shard_log_dir)
     # Materialised before the workers start: the join's shuffle tasks each need a whole CPU, which the workers
     # would otherwise hold; and a restarted worker group then re-reads blocks instead of re-running the join.
     datasets = {"train": labeled_dataset(config, labels).materialize()}

@@ -1,0 +1,109 @@
+"""DM2-AT on Ray Train: DDP with 2 gloo workers, the FGSM loss, checkpoints and resume."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raydm2 import checkpoint, pool
+from raydm2.config import ProjectConfig
+from raydm2.dm2 import to_tensor
+from raydm2.fgsm import dm2at_loss, fgsm
+from raydm2.images import decode
+from raydm2.models import ModelSpec, build
+from raydm2.train import TrainOptions, fit
+
+SPEC = ModelSpec("small_cnn", 10, 1, 28)
+
+
+def labels_for(pool_uri, ids):
+    table = pool.read_columns(pool_uri, ["id", "label"], ids)
+    n = table.num_rows
+    return pa.table({"id": table.column("id"), "label": table.column("label"), "round": pa.array([0] * n),
+                     "imported_at": pa.array([0] * n, pa.timestamp("s", tz="UTC"))})
+
+
+def cfg(pools, **train):
+    return ProjectConfig(name="t", pool=pools["mnist_train"], test_pool=pools["mnist_test"], seed=3,
+                         classes=[str(i) for i in range(10)], train={"epsilon": 2 / 255, **train})
+
+
+def test_two_worker_ddp_learns_on_disjoint_shards_without_extra_allreduce(ray_cluster, sample_pools, tmp_path):
+    ids = np.arange(1000, 1800)
+    config = cfg(sample_pools, epochs=3, num_workers=2, batch_size=50)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    weights, metrics = fit(config, labels_for(config.pool, ids), str(tmp_path / "runs"), pafs.LocalFileSystem(),
+                           "ddp", TrainOptions(shard_log_dir=str(shards)))
+    r0, r1 = np.load(shards / "rank0.npy"), np.load(shards / "rank1.npy")
+    assert len(np.intersect1d(r0, r1)) == 0 and np.array_equal(np.sort(np.concatenate([r0, r1])), ids)
+    assert metrics["epoch"] == 3 and metrics["train_loss"] < math.log(10) * 0.6
+    # One gradient all-reduce per optimizer step (the small CNN fits one DDP bucket): the FGSM input-gradient
+    # pass adds none.
+    assert metrics["allreduce_calls"] == metrics["steps"] * 3
+    assert 0.5 < metrics["clean_accuracy"] <= 1 and metrics["robust_accuracy"] <= metrics["clean_accuracy"]
+    assert metrics["test_images"] == 500
+    model = build(SPEC)
+    model.load_state_dict(weights)
+
+
+def test_injected_worker_failure_resumes_from_checkpoint(ray_cluster, sample_pools, tmp_path):
+    config = cfg(sample_pools, epochs=4, num_workers=1)
+    opts = TrainOptions(max_failures=1, fail_once_at_epoch=2, fail_marker=str(tmp_path / "failed-once"))
+    _, metrics = fit(config, labels_for(config.pool, np.arange(200)), str(tmp_path / "runs"),
+                     pafs.LocalFileSystem(), "resume", opts)
+    assert (tmp_path / "failed-once").exists()
+    assert metrics["resumed_from_epoch"] == 2 and metrics["epoch"] == 4
+
+
+def test_rerunning_a_killed_run_resumes_rather_than_restarts(ray_cluster, sample_pools, tmp_path):
+    config = cfg(sample_pools, epochs=3, num_workers=1, adversarial="off")
+    labels = labels_for(config.pool, np.arange(200))
+    killed = TrainOptions(max_failures=0, fail_once_at_epoch=2, fail_marker=str(tmp_path / "killed"))
+    with pytest.raises(Exception, match="injected worker failure"):
+        fit(config, labels, str(tmp_path / "runs"), pafs.LocalFileSystem(), "rerun", killed)
+    _, metrics = fit(config, labels, str(tmp_path / "runs"), pafs.LocalFileSystem(), "rerun", TrainOptions())
+    assert metrics["resumed_from_epoch"] == 2 and metrics["epoch"] == 3
+
+
+@pytest.fixture(scope="module")
+def test_batch(sample_pools):
+    table = pool.read_columns(sample_pools["mnist_test"], ["image", "label"]).slice(0, 128)
+    x = to_tensor(np.stack([decode(b, 28, 1) for b in table.column("image").to_pylist()]))
+    return x, torch.from_numpy(table.column("label").to_numpy())
+
+
+def test_fgsm_bounds_and_raises_loss_on_trained_model(trained_checkpoint, test_batch):
+    model = checkpoint.load(trained_checkpoint, SPEC).eval()
+    x, y = test_batch
+    eps = 8 / 255
+    adv = fgsm(model, x, y, eps)
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x).abs().max() <= eps + 1e-6
+    with torch.no_grad():
+        assert F.cross_entropy(model(adv), y) > F.cross_entropy(model(x), y)
+    assert all(p.grad is None for p in model.parameters())  # the attack leaves parameter gradients alone
+
+
+def test_zero_epsilon_is_exactly_plain_training(test_batch):
+    x, y = test_batch
+
+    def one_step(loss_fn):
+        torch.manual_seed(0)
+        model = build(SPEC)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        loss = loss_fn(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item(), [p.detach().clone() for p in model.parameters()]
+
+    plain_loss, plain = one_step(lambda m: F.cross_entropy(m(x), y))
+    zero_loss, zero = one_step(lambda m: dm2at_loss(m, x, y, 0.0, 0.5)[0])
+    assert plain_loss == zero_loss and all(torch.equal(a, b) for a, b in zip(plain, zero))
+    adv_loss, adv = one_step(lambda m: dm2at_loss(m, x, y, 8 / 255, 0.5)[0])
+    assert not all(torch.equal(a, b) for a, b in zip(plain, adv))
