@@ -117,6 +117,29 @@ def cmd_seed(args) -> None:
     print(f"round 0: {selection.num_rows} images selected at random (seed {project.config.seed})")
 
 
+def cmd_schedule(args) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    from raydm2 import schedule
+
+    if args.once == bool(args.every):
+        raise RayDM2Error("give exactly one of --once (for cron) or --every INTERVAL (e.g. 24h)")
+    address = args.address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    client = JobSubmissionClient(address)
+    if args.once:
+        print(schedule.schedule_once(client, Project.open(args.project)).reason)
+    else:
+        schedule.run_every(client, args.project, schedule.parse_interval(args.every))
+
+
+def cmd_report(args) -> None:
+    from raydm2 import report
+
+    project = Project.open(args.project)
+    for path in report.write(project, args.out, args.round):
+        print(f"wrote {path}")
+
+
 def cmd_status(args) -> None:
     project = Project.open(args.project)
     print(f"project {project.config.name} ({project.uri}); pool {project.config.pool}")
@@ -283,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--actors", type=int, help="actor pool size (default: from free resources)")
             p.add_argument("--batch-size", type=int)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("schedule", help="submit the next round as a Ray job (idempotent submission ids)")
+    p.add_argument("--project", required=True)
+    p.add_argument("--address", help="job server, default $RAY_ADDRESS or http://127.0.0.1:8265")
+    p.add_argument("--once", action="store_true", help="check and submit once (for cron)")
+    p.add_argument("--every", help="keep checking at this interval, e.g. 24h")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("report", help="PNG plots: accuracy vs labels, time per stage, selection map")
+    p.add_argument("--project", required=True)
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--round", type=int, action="append", help="map these rounds (default: the latest)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("status", help="rounds, states, label counts, accuracy and timings")
     p.add_argument("--project", required=True)

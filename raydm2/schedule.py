@@ -1,0 +1,95 @@
+"""Submitting rounds as Ray jobs with deterministic submission ids.
+
+A round job for project P that will produce round N is always `raydm2-P-N`, so a repeated submission (cron
+firing twice, a retry after a network error) finds the existing job and does nothing. While any job of the
+project is still pending or running, nothing new is submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import yaml
+
+from raydm2.errors import RayDM2Error
+from raydm2.project import Project
+
+ACTIVE = {"PENDING", "RUNNING"}
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    submission_id: str | None
+    submitted: bool
+    reason: str
+
+
+def runtime_env() -> dict:
+    """jobs/runtime_env.yaml with working_dir pointing at this source checkout (entrypoints live in jobs/)."""
+    with open(os.path.join(SOURCE_ROOT, "jobs", "runtime_env.yaml")) as f:
+        env = yaml.safe_load(f)
+    env["working_dir"] = SOURCE_ROOT
+    return env
+
+
+def next_round_job(project: Project) -> tuple[int | None, str]:
+    """(round the next `round` job would produce, or None, and why)."""
+    latest = project.latest_round()
+    if latest is None:
+        return None, "the project has no rounds; seed it first"
+    state = project.manifest(latest)["state"]
+    if state in ("labeled", "trained"):
+        return latest + 1, f"round {latest} is {state}"
+    return None, f"round {latest} is {state!r}: waiting for labels, nothing to submit"
+
+
+def submission_id(project: Project, round_: int) -> str:
+    return f"raydm2-{project.config.name}-{round_}"
+
+
+def schedule_once(client, project: Project, entrypoint_args: list[str] | None = None) -> Decision:
+    round_, why = next_round_job(project)
+    if round_ is None:
+        return Decision(None, False, why)
+    sid = submission_id(project, round_)
+    prefix = f"raydm2-{project.config.name}-"
+    for job in client.list_jobs():
+        job_id = job.submission_id or ""
+        status = str(getattr(job.status, "value", job.status))
+        if job_id == sid:
+            return Decision(sid, False, f"{sid} was already submitted (status {status})")
+        if job_id.startswith(prefix) and status in ACTIVE:
+            return Decision(sid, False, f"previous job {job_id} of this project is still {status}")
+    entrypoint = " ".join(["python", "jobs/round.py", "--project", project.uri, *(entrypoint_args or [])])
+    try:
+        client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env())
+    except RuntimeError as exc:  # a concurrent scheduler submitted the same id first
+        if "already exists" in str(exc):
+            return Decision(sid, False, f"{sid} was already submitted")
+        raise
+    return Decision(sid, True, f"submitted {sid}: {entrypoint}")
+
+
+def parse_interval(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value, unit = float(text[:-1]), text[-1]
+        if unit not in units or value <= 0:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise RayDM2Error(f"interval {text!r} must look like 30m, 24h or 7d") from None
+    return value * units[unit]
+
+
+def run_every(client, project_uri: str, interval_s: float, stop_after: int | None = None) -> None:
+    """Check every `interval_s`; the project is re-read each time so new labels are seen."""
+    ticks = 0
+    while stop_after is None or ticks < stop_after:
+        decision = schedule_once(client, Project.open(project_uri))
+        print(time.strftime("%Y-%m-%d %H:%M:%S"), decision.reason, flush=True)
+        ticks += 1
+        if stop_after is None or ticks < stop_after:
+            time.sleep(interval_s)

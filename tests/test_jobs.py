@@ -1,0 +1,132 @@
+"""Rounds as Ray jobs against a real cluster started with `ray start --head` (own ports and temp dir), plus
+the complete label loop. The cluster is stopped through its own process group, never by process name."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from raydm2 import labels, loop
+from raydm2.cli import main as cli
+from raydm2.config import ProjectConfig
+from raydm2.project import Project
+from raydm2.schedule import schedule_once
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def job_cluster(tmp_path_factory):
+    temp = tmp_path_factory.mktemp("raytmp")
+    dash = free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    # As if started from the activated environment: job entrypoints' `python` is this interpreter.
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [os.path.join(bin_dir, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+         f"--temp-dir={temp}", "--num-cpus=2", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    from ray.job_submission import JobSubmissionClient
+
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            client.list_jobs()
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
+            time.sleep(2)
+    yield client
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for(client, sid, timeout=900):
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.get_job_status(sid)
+        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            return status
+        time.sleep(3)
+    raise TimeoutError(sid)
+
+
+def test_full_loop_with_a_round_submitted_as_a_ray_job(job_cluster, ray_cluster, tmp_path, sample_pools):
+    """seed -> export -> label (a Label Studio export) -> round as a Ray job -> label -> round in-process."""
+    from ray.job_submission import JobStatus
+
+    budget = 20
+    project = Project.create(str(tmp_path / "proj"), ProjectConfig(
+        name="loop", pool=sample_pools["mnist_train"], test_pool=sample_pools["mnist_test"],
+        classes=[str(i) for i in range(10)], strategy={"budget": budget},
+        train={"epochs": 2, "epsilon": 2 / 255}))
+    assert cli(["seed", "--project", project.uri, "--n", "40"]) == 0
+    assert schedule_once(job_cluster, project).submitted is False  # round 0 waits for labels
+
+    tasks_path = tmp_path / "tasks.json"
+    assert cli(["export", "--project", project.uri, "--format", "labelstudio", "--out", str(tasks_path)]) == 0
+    truth = dict(zip(*labels.oracle(project, 0)))
+    tasks = json.loads(tasks_path.read_text())
+    for task in tasks:
+        task["annotations"] = [{"result": [{"value": {"choices": [str(truth[task["data"]["raydm2_id"]])]}}]}]
+    tasks_path.write_text(json.dumps(tasks))
+    assert cli(["label", "--project", project.uri, "--file", str(tasks_path)]) == 0
+
+    decision = schedule_once(job_cluster, project)
+    assert decision.submitted and decision.submission_id == "raydm2-loop-1"
+    repeat = schedule_once(job_cluster, project)  # while running: refused; the same id is never doubled
+    assert not repeat.submitted
+    assert wait_for(job_cluster, decision.submission_id) == JobStatus.SUCCEEDED, \
+        job_cluster.get_job_logs(decision.submission_id)[-3000:]
+    assert not schedule_once(job_cluster, project).submitted
+    assert sum(j.submission_id == "raydm2-loop-1" for j in job_cluster.list_jobs()) == 1
+
+    assert project.manifest(1)["state"] == "selected" and project.selection(1).num_rows == budget
+    labels.import_labels(project, 1, *labels.oracle(project, 1))
+    assert cli(["round", "--project", project.uri]) == 0
+
+    selected = np.concatenate([project.selection(n).column("id").to_numpy() for n in (0, 1, 2)])
+    assert len(selected) == 40 + 2 * budget and len(np.unique(selected)) == len(selected)
+    assert project.manifest(0)["counts"]["labels_trained_on"] == 40
+    assert project.manifest(1)["counts"]["labels_trained_on"] == 40 + budget
+    for n in (0, 1):
+        metrics = project.manifest(n)["metrics"]
+        assert 0 <= metrics["robust_accuracy"] <= metrics["clean_accuracy"] <= 1
+
+
+def test_cluster_yaml_passes_rays_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load(open(os.path.join(ROOT, "cluster.yaml")))
+    validate_config(prepare_config(config))
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}
+    assert all("[gpu]" in cmd for cmd in config["setup_commands"] if "pip install -e" in cmd)
+    assert all("--dashboard-host=127.0.0.1" in c and "RAY_AUTH_MODE=token" in c
+               for c in config["head_start_ray_commands"] if "ray start" in c)
