@@ -79,22 +79,26 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
         if state not in ("labeled", "trained"):
             raise RayDM2Error(f"round {n} is {state!r}; train needs its labels imported first")
         labels = project.all_labels(upto=n)
+        from raydm2 import counterparts
+
+        extra = counterparts.uris(project, n) if project.config.train.adversarial == "selection" else []
         connect()
         started = time.perf_counter()
         storage = project.loc.join("train_runs")
-        weights, metrics = train_mod.fit(project.config, labels, storage.path, storage.fs, f"round-{n:04d}", opts)
+        weights, metrics = train_mod.fit(project.config, labels, storage.path, storage.fs, f"round-{n:04d}", opts,
+                                         counterpart_uris=extra)
         spec = spec_from_config(project.config)
         model = build(spec)
         model.load_state_dict(weights)
         checkpoint.save(model, spec, project.checkpoint_dir(n),
                         extra={"round": n, "config_hash": project.config.hash(), "labels": labels.num_rows})
         keep = ("clean_accuracy", "robust_accuracy", "train_loss", "images_per_s", "epoch", "test_images",
-                "eval_epsilon")
+                "eval_epsilon", "train_rows")
         project.update(
             n,
             state="trained",
             metrics={k: metrics[k] for k in keep if k in metrics},
-            counts={"labels_trained_on": labels.num_rows},
+            counts={"labels_trained_on": labels.num_rows, "counterpart_files": len(extra)},
             timings={"train_s": round(time.perf_counter() - started, 4)},
         )
     return metrics
@@ -125,6 +129,10 @@ def acquire(project: Project, opts=None) -> pa.Table:
         started = time.perf_counter()
         result = acquire_dm2(project.config, project.checkpoint_dir(t).uri, n, excluded, opts)
         project.write_selection(n, result.selection)
+        if project.config.train.adversarial == "selection":
+            from raydm2 import counterparts
+
+            result.counts["adversarial_counterparts"] = counterparts.make(project, n, project.checkpoint_dir(t).uri)
         project.update(
             n,
             state="selected",

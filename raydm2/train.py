@@ -45,13 +45,16 @@ class TrainJob:
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
-def labeled_dataset(config: ProjectConfig, labels: pa.Table) -> ray.data.Dataset:
-    """(pixels, label) rows for the labeled ids: pool ⋈ labels on id, then decoded in CPU tasks."""
+def labeled_dataset(config: ProjectConfig, labels: pa.Table, counterpart_uris: list[str] = ()) -> ray.data.Dataset:
+    """(pixels, label) rows for the labeled ids: pool ⋈ labels on id, then decoded in CPU tasks; plus the
+    stored Algorithm 2 counterparts (pseudo-labeled adversarial images) when given."""
     if labels.num_rows == 0:
         raise RayDM2Error("no labels to train on: import labels for the selected images first")
     images = ray.data.read_parquet(pool.part_uris(config.pool)).select_columns(["id", "image"])
     table = labels.select(["id", "label"])
     joined = images.join(ray.data.from_arrow(table), "inner", 1, on=("id",))
+    if counterpart_uris:
+        joined = joined.union(ray.data.read_parquet(list(counterpart_uris)).select_columns(["id", "image", "label"]))
     return _decode_with_labels(joined, config)
 
 
@@ -197,6 +200,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "train_loss": loss_sum / max(seen, 1),
             "images_per_s": seen / max(elapsed, 1e-9),
             "steps": steps,
+            "train_rows": int(len(y_all)),
             "allreduce_calls": counter.calls,
             "resumed_from_epoch": resumed_from,
         }
@@ -248,7 +252,7 @@ def _worker_resources(cfg: TrainConfig) -> tuple[dict, int]:
 
 
 def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, run_name: str,
-        opts: TrainOptions = TrainOptions()) -> tuple[dict, dict]:
+        opts: TrainOptions = TrainOptions(), counterpart_uris: list[str] = ()) -> tuple[dict, dict]:
     """Train on the labeled rows; returns (state dict of the final model, final metrics).
 
     Re-running with the same `run_name` and storage resumes from the run's latest checkpoint (Ray Train V2).
@@ -265,7 +269,7 @@ def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, 
                    shard_log_dir=opts.shard_log_dir)
     # Materialised before the workers start: the join's shuffle tasks each need a whole CPU, which the workers
     # would otherwise hold; and a restarted worker group then re-reads blocks instead of re-running the join.
-    datasets = {"train": labeled_dataset(config, labels).materialize()}
+    datasets = {"train": labeled_dataset(config, labels, counterpart_uris).materialize()}
     test = test_dataset(config)
     if test is not None:
         datasets["test"] = test.materialize()

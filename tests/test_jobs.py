@@ -10,10 +10,12 @@ import sys
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raydm2 import labels, loop
+from raydm2 import labels, pool
+from raydm2.images import decode
 from raydm2.cli import main as cli
 from raydm2.config import ProjectConfig
 from raydm2.project import Project
@@ -78,14 +80,17 @@ def wait_for(client, sid, timeout=900):
 
 
 def test_full_loop_with_a_round_submitted_as_a_ray_job(job_cluster, ray_cluster, tmp_path, sample_pools):
-    """seed -> export -> label (a Label Studio export) -> round as a Ray job -> label -> round in-process."""
+    """seed -> export -> label (a Label Studio export) -> round as a Ray job -> label -> round in-process.
+
+    The project uses `adversarial: selection` (Algorithm 2), so round 1's acquisition (in the job) stores
+    pseudo-labeled FGSM counterparts that round 2's training (in-process) must use."""
     from ray.job_submission import JobStatus
 
     budget = 20
     project = Project.create(str(tmp_path / "proj"), ProjectConfig(
         name="loop", pool=sample_pools["mnist_train"], test_pool=sample_pools["mnist_test"],
         classes=[str(i) for i in range(10)], strategy={"budget": budget},
-        train={"epochs": 2, "epsilon": 2 / 255}))
+        train={"epochs": 2, "epsilon": 2 / 255, "adversarial": "selection"}))
     assert cli(["seed", "--project", project.uri, "--n", "40"]) == 0
     assert schedule_once(job_cluster, project).submitted is False  # round 0 waits for labels
 
@@ -108,6 +113,13 @@ def test_full_loop_with_a_round_submitted_as_a_ray_job(job_cluster, ray_cluster,
     assert sum(j.submission_id == "raydm2-loop-1" for j in job_cluster.list_jobs()) == 1
 
     assert project.manifest(1)["state"] == "selected" and project.selection(1).num_rows == budget
+    adv = pq.read_table(tmp_path / "proj" / "rounds" / "0001" / "adversarial.parquet")
+    assert sorted(adv.column("id").to_pylist()) == sorted(project.selection(1).column("id").to_pylist())
+    clean = pool.read_columns(project.config.pool, ["id", "image"], adv.column("id").to_numpy()).sort_by("id")
+    adv = adv.sort_by("id")
+    diff = np.stack([decode(a, 28, 1).astype(int) - decode(c, 28, 1).astype(int) for a, c in
+                     zip(adv.column("image").to_pylist(), clean.column("image").to_pylist())])
+    assert np.abs(diff).max() == 2 and set(adv.column("label").to_pylist()) <= set(range(10))
     labels.import_labels(project, 1, *labels.oracle(project, 1))
     assert cli(["round", "--project", project.uri]) == 0
 
@@ -115,6 +127,8 @@ def test_full_loop_with_a_round_submitted_as_a_ray_job(job_cluster, ray_cluster,
     assert len(selected) == 40 + 2 * budget and len(np.unique(selected)) == len(selected)
     assert project.manifest(0)["counts"]["labels_trained_on"] == 40
     assert project.manifest(1)["counts"]["labels_trained_on"] == 40 + budget
+    assert project.manifest(1)["metrics"]["train_rows"] == 40 + 2 * budget  # labels + counterparts
+    assert project.manifest(0)["metrics"]["train_rows"] == 40  # the random seed round has no counterparts
     for n in (0, 1):
         metrics = project.manifest(n)["metrics"]
         assert 0 <= metrics["robust_accuracy"] <= metrics["clean_accuracy"] <= 1
