@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from raydm2.models import ModelSpec, spec_from_config
 from raydm2.runtime import plan_actors
 from raydm2.score import MixScorer, mean_partner
 from raydm2.select import candidates_to_keep, finalize
+from raydm2.storage import Location
 from raydm2.topk import TopK
 
 log = logging.getLogger(__name__)
@@ -90,12 +92,24 @@ def _read_pool(config: ProjectConfig, blocks: int | None) -> ray.data.Dataset:
 
 
 def embed_pool(config: ProjectConfig, checkpoint_uri: str, excluded: np.ndarray, opts: AcquireOptions,
-               spec: ModelSpec) -> ray.data.Dataset:
-    """Read, drop excluded ids, decode, embed; returns the materialised (id, z, conf, ok, finite) dataset."""
+               spec: ModelSpec, cache: Location | None = None) -> tuple[ray.data.Dataset, int]:
+    """Read, drop excluded ids, decode, embed; returns the materialised (id, z, conf, ok, finite) dataset and
+    how many rows came from the cache.
+
+    With a cache (one folder per checkpoint), images embedded before are not embedded again: the pool is
+    anti-joined with the cached ids, only the rest goes through the model, and those new embeddings are added
+    to the cache as one more folder, renamed into place whole so a crash never leaves a partial one.
+    """
     plan = plan_actors(opts.actors, opts.use_gpu)
-    excluded_ref = ray.put(np.asarray(excluded, np.int64))
+    excluded_ref = [ray.put(np.asarray(excluded, np.int64))]
     ds = _read_pool(config, opts.blocks)
-    ds = ds.map_batches(drop_ids, fn_kwargs={"excluded": [excluded_ref]}, batch_format="numpy", num_cpus=0.25)
+    ds = ds.map_batches(drop_ids, fn_kwargs={"excluded": excluded_ref}, batch_format="numpy", num_cpus=0.25)
+    cached = None
+    parts = [cache.join(name).uri for name in cache.list_dir() if name.startswith("part-")] if cache else []
+    if parts:
+        cached = ray.data.read_parquet(parts).map_batches(
+            drop_ids, fn_kwargs={"excluded": excluded_ref}, batch_format="numpy", num_cpus=0.25).materialize()
+        ds = ds.join(cached.select_columns(["id"]), "left_anti", max(plan.size, 1), on=("id",))
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": config.image.size, "channels": config.image.channels},
                         batch_format="numpy", batch_size=opts.batch_size, num_cpus=0.5)
     ds = ds.map_batches(
@@ -107,8 +121,23 @@ def embed_pool(config: ProjectConfig, checkpoint_uri: str, excluded: np.ndarray,
         num_gpus=plan.num_gpus,
         batch_size=opts.batch_size,
         batch_format="numpy",
-    )
-    return ds.materialize()
+    ).materialize()
+    if cache is not None and ds.count():
+        _add_to_cache(ds, cache)
+    if cached is None:
+        return ds, 0
+    return cached.union(ds).materialize(), cached.count()
+
+
+def _add_to_cache(embedded: ray.data.Dataset, cache: Location) -> None:
+    name = f"part-{time.time_ns()}"
+    staging = cache.join(f".staging-{name}")
+    embedded.write_parquet(staging.uri)
+    if cache.is_local:
+        os.replace(staging.path, cache.join(name).path)
+    else:  # object stores have no directory rename: write the final folder directly (each file is one put)
+        embedded.write_parquet(cache.join(name).uri)
+        staging.delete()
 
 
 def _count_embedded(embedded: ray.data.Dataset) -> dict:
@@ -121,8 +150,9 @@ def _count_embedded(embedded: ray.data.Dataset) -> dict:
 
 
 def acquire_dm2(config: ProjectConfig, checkpoint_uri: str, round_: int, excluded: np.ndarray,
-                opts: AcquireOptions | None = None) -> AcquireResult:
-    """Compute round `round_`'s DM2 selection with the model in `checkpoint_uri`; writes nothing."""
+                opts: AcquireOptions | None = None, cache: Location | None = None) -> AcquireResult:
+    """Compute round `round_`'s DM2 selection with the model in `checkpoint_uri`. Writes nothing but new
+    entries of the embedding `cache`, when one is given."""
     opts = opts or AcquireOptions()
     spec = spec_from_config(config)
     # Refuse a wrong or unsafe checkpoint before any distributed work starts.
@@ -131,7 +161,7 @@ def acquire_dm2(config: ProjectConfig, checkpoint_uri: str, round_: int, exclude
     budget = config.strategy.budget
     watch = _Stopwatch()
 
-    embedded = embed_pool(config, checkpoint_uri, excluded, opts, spec)
+    embedded, from_cache = embed_pool(config, checkpoint_uri, excluded, opts, spec, cache)
     counts = _count_embedded(embedded)
     watch.lap("embed_s")
     if counts["ok"] - counts["finite"]:
@@ -175,7 +205,8 @@ def acquire_dm2(config: ProjectConfig, checkpoint_uri: str, round_: int, exclude
     return AcquireResult(
         selection=selection,
         counts={"pool_rows_read": counts["rows"], "skipped_undecodable": counts["rows"] - counts["ok"],
-                "candidates": n, "selected": selection.num_rows, "excluded_ids": int(len(excluded))},
+                "candidates": n, "selected": selection.num_rows, "excluded_ids": int(len(excluded)),
+                "embeddings_from_cache": from_cache, "embeddings_computed": counts["rows"] - from_cache},
         timings=watch.timings,
         index={**index_info, "k": params.k, "tau": tau},
         warnings=warnings,

@@ -6,6 +6,7 @@ the project before any work starts, so a checkpoint of another architecture or c
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict
@@ -29,6 +30,12 @@ def save(model: torch.nn.Module, spec: ModelSpec, directory: Location | str, ext
     loc.join(WEIGHTS).write_bytes(buf.getvalue())
     # meta.json last: its presence marks a complete checkpoint.
     loc.join(META).write_text(json.dumps({"spec": asdict(spec), **(extra or {})}, indent=2, sort_keys=True))
+
+
+def fingerprint(directory: Location | str) -> str:
+    """Digest of the weights: embeddings computed with equal fingerprints are interchangeable."""
+    loc = resolve(directory) if isinstance(directory, str) else directory
+    return hashlib.sha256(loc.join(WEIGHTS).read_bytes()).hexdigest()[:16]
 
 
 def read_meta(directory: Location | str) -> dict:

@@ -127,9 +127,9 @@ def cmd_schedule(args) -> None:
     address = args.address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     client = JobSubmissionClient(address)
     if args.once:
-        print(schedule.schedule_once(client, Project.open(args.project)).reason)
+        print(schedule.schedule_once(client, Project.open(args.project), args.job).reason)
     else:
-        schedule.run_every(client, args.project, schedule.parse_interval(args.every))
+        schedule.run_every(client, args.project, schedule.parse_interval(args.every), args.job)
 
 
 def cmd_report(args) -> None:
@@ -221,6 +221,12 @@ def cmd_acquire(args) -> None:
         print(f"warning: {warning}")
 
 
+def cmd_requery(args) -> None:
+    project = _open_with_overrides(args)
+    selection, where = loop.requery(project, _acquire_options(args))
+    print(f"requery: ranked {selection.num_rows} images into {where}")
+
+
 def cmd_round(args) -> None:
     project = _open_with_overrides(args)
     with project.writing():
@@ -295,12 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", cmd_train, "train DM2-AT on Ray Train with every label so far"),
         ("acquire", cmd_acquire, "select the next batch with the latest trained checkpoint"),
         ("round", cmd_round, "train on the current labels, then acquire the next batch"),
+        ("requery", cmd_requery, "re-rank the current pool with the latest checkpoint (no new round)"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--project", required=True)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting for this run, e.g. strategy.knn.k=5")
-        if name != "acquire":
+        if name in ("train", "round"):
             p.add_argument("--round", type=int, help="round to train (default: the latest labeled)")
         if name != "train":
             p.add_argument("--actors", type=int, help="actor pool size (default: from free resources)")
@@ -312,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="job server, default $RAY_ADDRESS or http://127.0.0.1:8265")
     p.add_argument("--once", action="store_true", help="check and submit once (for cron)")
     p.add_argument("--every", help="keep checking at this interval, e.g. 24h")
+    p.add_argument("--job", choices=["round", "requery"], default="round",
+                   help="round: train + acquire once labels are in; requery: re-rank with the latest checkpoint")
     p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("report", help="PNG plots: accuracy vs labels, time per stage, selection map")

@@ -107,6 +107,7 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
 def acquire(project: Project, opts=None) -> pa.Table:
     """Select round t+1 with the checkpoint of the latest trained round t. A round left in `acquiring` by a
     crash is re-run from scratch; its result is the same because the selection is deterministic."""
+    from raydm2 import checkpoint
     from raydm2.acquire import AcquireOptions, acquire_dm2
     from raydm2.runtime import connect
 
@@ -127,7 +128,9 @@ def acquire(project: Project, opts=None) -> pa.Table:
         excluded = project.selected_ids(before=n)
         connect()
         started = time.perf_counter()
-        result = acquire_dm2(project.config, project.checkpoint_dir(t).uri, n, excluded, opts)
+        ckpt = project.checkpoint_dir(t)
+        cache = project.embedding_cache(checkpoint.fingerprint(ckpt))
+        result = acquire_dm2(project.config, ckpt.uri, n, excluded, opts, cache)
         project.write_selection(n, result.selection)
         if project.config.train.adversarial == "selection":
             from raydm2 import counterparts
@@ -142,3 +145,33 @@ def acquire(project: Project, opts=None) -> pa.Table:
             warnings=result.warnings,
         )
     return result.selection
+
+
+def requery(project: Project, opts=None) -> tuple[pa.Table, str]:
+    """Score the current pool (images appended since the last round included) with the latest checkpoint and
+    write a ranked selection under `requeries/`, without creating a round or training. Embeddings of images
+    already embedded with the same weights come from the cache. The hash round is the next round's, so with
+    an unchanged pool a requery ranks exactly what the next acquisition would select."""
+    from raydm2 import checkpoint
+    from raydm2.acquire import AcquireOptions, acquire_dm2
+    from raydm2.runtime import connect
+
+    opts = opts or AcquireOptions()
+    with project.writing():
+        t = project.latest_in_state("trained")
+        if t is None:
+            raise RayDM2Error("no trained round yet: a requery needs a checkpoint")
+        ckpt = project.checkpoint_dir(t)
+        connect()
+        started = time.perf_counter()
+        result = acquire_dm2(project.config, ckpt.uri, t + 1, project.selected_ids(), opts,
+                             project.embedding_cache(checkpoint.fingerprint(ckpt)))
+        out = project.requery_dir(f"{t:04d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        out.join("selection.parquet").write_table(result.selection)
+        out.join("manifest.json").write_json({
+            "checkpoint_round": t, "checkpoint": ckpt.uri, "strategy": project.config.strategy.name,
+            "config_hash": project.config.hash(), "counts": result.counts, "index": result.index,
+            "timings": {**result.timings, "total_s": round(time.perf_counter() - started, 4)},
+            "warnings": result.warnings, "created_at": time.time(),
+        })
+    return result.selection, out.uri

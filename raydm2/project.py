@@ -202,3 +202,10 @@ class Project:
 
     def round_dir(self, n: int) -> Location:
         return self._round(n)
+
+    def embedding_cache(self, checkpoint_fingerprint: str) -> Location:
+        """Embeddings of pool images under one checkpoint; valid as long as the weights are the same."""
+        return self.loc.join("cache", "embeddings", checkpoint_fingerprint)
+
+    def requery_dir(self, name: str) -> Location:
+        return self.loc.join("requeries", name)

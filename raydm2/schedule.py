@@ -1,8 +1,9 @@
-"""Submitting rounds as Ray jobs with deterministic submission ids.
+"""Submitting rounds and re-queries as Ray jobs with deterministic submission ids.
 
-A round job for project P that will produce round N is always `raydm2-P-N`, so a repeated submission (cron
-firing twice, a retry after a network error) finds the existing job and does nothing. While any job of the
-project is still pending or running, nothing new is submitted.
+A round job for project P that will produce round N is always `raydm2-P-N`; a re-query with round T's
+checkpoint on UTC day D is `raydm2-P-requery-T-D`. A repeated submission (cron firing twice, a retry after a
+network error) finds the existing job and does nothing. While any job of the project is still pending or
+running, nothing new is submitted.
 """
 
 from __future__ import annotations
@@ -46,15 +47,25 @@ def next_round_job(project: Project) -> tuple[int | None, str]:
     return None, f"round {latest} is {state!r}: waiting for labels, nothing to submit"
 
 
-def submission_id(project: Project, round_: int) -> str:
-    return f"raydm2-{project.config.name}-{round_}"
+def next_requery_job(project: Project, now: float | None = None) -> tuple[str | None, str]:
+    trained = project.latest_in_state("trained")
+    if trained is None:
+        return None, "no trained round yet: nothing to re-query with"
+    day = time.strftime("%Y%m%d", time.gmtime(now if now is not None else time.time()))
+    return f"raydm2-{project.config.name}-requery-{trained}-{day}", f"round {trained} is trained"
 
 
-def schedule_once(client, project: Project, entrypoint_args: list[str] | None = None) -> Decision:
-    round_, why = next_round_job(project)
-    if round_ is None:
+def schedule_once(client, project: Project, job: str = "round", entrypoint_args: list[str] | None = None
+                  ) -> Decision:
+    if job == "round":
+        round_, why = next_round_job(project)
+        sid = None if round_ is None else f"raydm2-{project.config.name}-{round_}"
+    elif job == "requery":
+        sid, why = next_requery_job(project)
+    else:
+        raise RayDM2Error(f"unknown job {job!r}; choose round or requery")
+    if sid is None:
         return Decision(None, False, why)
-    sid = submission_id(project, round_)
     prefix = f"raydm2-{project.config.name}-"
     for job in client.list_jobs():
         job_id = job.submission_id or ""
@@ -63,7 +74,7 @@ def schedule_once(client, project: Project, entrypoint_args: list[str] | None = 
             return Decision(sid, False, f"{sid} was already submitted (status {status})")
         if job_id.startswith(prefix) and status in ACTIVE:
             return Decision(sid, False, f"previous job {job_id} of this project is still {status}")
-    entrypoint = " ".join(["python", "jobs/round.py", "--project", project.uri, *(entrypoint_args or [])])
+    entrypoint = " ".join(["python", f"jobs/{job}.py", "--project", project.uri, *(entrypoint_args or [])])
     try:
         client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env())
     except RuntimeError as exc:  # a concurrent scheduler submitted the same id first
@@ -84,11 +95,11 @@ def parse_interval(text: str) -> float:
     return value * units[unit]
 
 
-def run_every(client, project_uri: str, interval_s: float, stop_after: int | None = None) -> None:
+def run_every(client, project_uri: str, interval_s: float, job: str = "round", stop_after: int | None = None) -> None:
     """Check every `interval_s`; the project is re-read each time so new labels are seen."""
     ticks = 0
     while stop_after is None or ticks < stop_after:
-        decision = schedule_once(client, Project.open(project_uri))
+        decision = schedule_once(client, Project.open(project_uri), job)
         print(time.strftime("%Y-%m-%d %H:%M:%S"), decision.reason, flush=True)
         ticks += 1
         if stop_after is None or ticks < stop_after:

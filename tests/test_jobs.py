@@ -133,6 +133,11 @@ def test_full_loop_with_a_round_submitted_as_a_ray_job(job_cluster, ray_cluster,
         metrics = project.manifest(n)["metrics"]
         assert 0 <= metrics["robust_accuracy"] <= metrics["clean_accuracy"] <= 1
 
+    requery = schedule_once(job_cluster, project, "requery")
+    assert requery.submitted and requery.submission_id.startswith("raydm2-loop-requery-1-")
+    assert not schedule_once(job_cluster, project, "requery").submitted
+    job_cluster.stop_job(requery.submission_id)  # only the submission is under test here
+
 
 def test_cluster_yaml_passes_rays_validator():
     from ray.autoscaler._private.util import prepare_config, validate_config
