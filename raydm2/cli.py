@@ -140,6 +140,12 @@ def cmd_report(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_demo(args) -> None:
+    from raydm2 import demo
+
+    demo.run(args.workdir)
+
+
 def cmd_status(args) -> None:
     project = Project.open(args.project)
     print(f"project {project.config.name} ({project.uri}); pool {project.config.pool}")
@@ -328,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.add_argument("--round", type=int, action="append", help="map these rounds (default: the latest)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="a complete DM2 round on a local Ray cluster over the shipped real sample")
+    p.add_argument("--workdir", default="demo_project")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("status", help="rounds, states, label counts, accuracy and timings")
     p.add_argument("--project", required=True)

@@ -37,7 +37,9 @@ def run(workdir: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="demo_project")
-    run(parser.parse_args().workdir)
+    workdir = parser.parse_args().workdir
+    run(workdir)
+    print(f"done: the project is in {workdir}/project (`raydm2 status` and `raydm2 report` work on it)")
 
 
 if __name__ == "__main__":

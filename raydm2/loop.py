@@ -65,7 +65,7 @@ def seed(project: Project, n: int) -> pa.Table:
 def train(project: Project, round_: int | None = None, opts=None) -> dict:
     """Train on every label up to round n (default: the latest labeled round); the weights become round n's
     checkpoint, which the next acquisition loads. Re-running a killed training of the same round resumes it."""
-    from raydm2 import checkpoint
+    from raydm2 import checkpoint, counterparts
     from raydm2 import train as train_mod
     from raydm2.models import build, spec_from_config
     from raydm2.runtime import connect
@@ -79,8 +79,6 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
         if state not in ("labeled", "trained"):
             raise RayDM2Error(f"round {n} is {state!r}; train needs its labels imported first")
         labels = project.all_labels(upto=n)
-        from raydm2 import counterparts
-
         extra = counterparts.uris(project, n) if project.config.train.adversarial == "selection" else []
         connect()
         started = time.perf_counter()
@@ -107,7 +105,7 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
 def acquire(project: Project, opts=None) -> pa.Table:
     """Select round t+1 with the checkpoint of the latest trained round t. A round left in `acquiring` by a
     crash is re-run from scratch; its result is the same because the selection is deterministic."""
-    from raydm2 import checkpoint
+    from raydm2 import checkpoint, counterparts
     from raydm2.acquire import AcquireOptions, acquire_dm2
     from raydm2.runtime import connect
 
@@ -124,18 +122,16 @@ def acquire(project: Project, opts=None) -> pa.Table:
                 raise RayDM2Error(f"round {n} is already {state!r}; label and train it before acquiring again")
         else:
             project.new_round(n, strategy=strategy.name)
-        project.update(n, state="acquiring", checkpoint=project.checkpoint_dir(t).uri)
+        ckpt = project.checkpoint_dir(t)
+        project.update(n, state="acquiring", checkpoint=ckpt.uri)
         excluded = project.selected_ids(before=n)
         connect()
         started = time.perf_counter()
-        ckpt = project.checkpoint_dir(t)
         cache = project.embedding_cache(checkpoint.fingerprint(ckpt))
         result = acquire_dm2(project.config, ckpt.uri, n, excluded, opts, cache)
         project.write_selection(n, result.selection)
         if project.config.train.adversarial == "selection":
-            from raydm2 import counterparts
-
-            result.counts["adversarial_counterparts"] = counterparts.make(project, n, project.checkpoint_dir(t).uri)
+            result.counts["adversarial_counterparts"] = counterparts.make(project, n, ckpt.uri)
         project.update(
             n,
             state="selected",

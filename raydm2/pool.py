@@ -174,7 +174,11 @@ def append_arrays(uri: str, pixels: np.ndarray, labels: np.ndarray | None, sourc
         raise RayDM2Error(f"image arrays must be NxHxW or NxHxWxC, got shape {pixels.shape}")
     if labels is not None and len(labels) != len(pixels):
         raise RayDM2Error(f"{len(pixels)} images but {len(labels)} labels")
-    return append(uri, (encode_png(p) for p in pixels), labels, source)
+    from tqdm import tqdm
+
+    encoded = tqdm((encode_png(p) for p in pixels), total=len(pixels), desc=f"encoding {source or 'images'}",
+                   unit="img", disable=len(pixels) < 10_000)
+    return append(uri, encoded, labels, source)
 
 
 def iter_batches(uri: str, columns: list[str], batch_size: int = 4096) -> Iterator[pa.RecordBatch]:

@@ -133,6 +133,12 @@ def test_full_loop_with_a_round_submitted_as_a_ray_job(job_cluster, ray_cluster,
         metrics = project.manifest(n)["metrics"]
         assert 0 <= metrics["robust_accuracy"] <= metrics["clean_accuracy"] <= 1
 
+    report_dir = tmp_path / "report"
+    assert cli(["report", "--project", project.uri, "--out", str(report_dir)]) == 0
+    pngs = sorted(p.name for p in report_dir.iterdir())
+    assert pngs == ["accuracy.png", "map_round_2.png", "stages.png"]
+    assert all((report_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
     requery = schedule_once(job_cluster, project, "requery")
     assert requery.submitted and requery.submission_id.startswith("raydm2-loop-requery-1-")
     assert not schedule_once(job_cluster, project, "requery").submitted

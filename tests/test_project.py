@@ -38,6 +38,7 @@ def test_init_cli_writes_validated_yaml(tmp_path, sample_pools):
         ("name: t\npool: p\nclasses: [a, b]\nimage: {size: -3}\n", "image.size"),
         ("name: t\npool: p\nclasses: [a, b]\nstrategy: {budget: -1}\n", "strategy.budget"),
         ("name: t\npool: p\nclasses: [a, a]\n", "unique"),
+        ("name: t\npool: p\nclasses: [a, b]\nstrategy: {name: nope}\n", "strategy.name"),
         ("- a list\n", "mapping"),
     ],
 )
