@@ -210,15 +210,17 @@ def cmd_train(args) -> None:
                                   for k, v in sorted(metrics.items()) if v is not None))
 
 
-def _acquire_options(args):
+def _acquire_options(args, project: Project):
+    """project.yaml's `compute` section, with --actors / --batch-size taking precedence for this run."""
     from raydm2.acquire import AcquireOptions
 
-    return AcquireOptions(actors=args.actors, batch_size=args.batch_size or 256)
+    compute = project.config.compute
+    return AcquireOptions(actors=args.actors or compute.actors, batch_size=args.batch_size or compute.batch_size)
 
 
 def cmd_acquire(args) -> None:
     project = _open_with_overrides(args)
-    selection = loop.acquire(project, _acquire_options(args))
+    selection = loop.acquire(project, _acquire_options(args, project))
     n = project.latest_round()
     m = project.manifest(n)
     print(f"round {n}: selected {selection.num_rows} images with {m['strategy']}; "
@@ -229,7 +231,7 @@ def cmd_acquire(args) -> None:
 
 def cmd_requery(args) -> None:
     project = _open_with_overrides(args)
-    selection, where = loop.requery(project, _acquire_options(args))
+    selection, where = loop.requery(project, _acquire_options(args, project))
     print(f"requery: ranked {selection.num_rows} images into {where}")
 
 
