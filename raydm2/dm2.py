@@ -14,7 +14,6 @@ import torch
 from raydm2.hashing import PURPOSE_NEIGHBOUR, PURPOSE_TAU, hash_ids, uniform
 from raydm2.topk import order
 
-MIX_MODES = ("random", "mean", "adaptive")
 # τ for adaptive mixing is the median chosen-neighbour distance over at most this many anchors (a seeded sample
 # above it), so the driver's memory does not grow with the pool.
 TAU_SAMPLE = 100_000

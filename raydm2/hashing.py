@@ -33,7 +33,6 @@ def uniform(ids: np.ndarray, seed: int, round_: int, purpose: int = 0) -> np.nda
 # Purposes keep the streams of different decisions independent of each other.
 PURPOSE_SEED = 1
 PURPOSE_NEIGHBOUR = 2
-PURPOSE_RANDOM_STRATEGY = 3
 PURPOSE_SUBSET = 4
 PURPOSE_TAU = 5
 PURPOSE_INDEX_SAMPLE = 6
