@@ -38,7 +38,7 @@ def floor(args) -> dict:
     import torch
 
     from raydm2 import checkpoint, runtime
-    from raydm2.acquire import AcquireOptions, acquire_dm2
+    from raydm2.acquire import AcquireOptions, acquire
     from raydm2.dm2 import to_tensor
     from raydm2.models import ModelSpec
     from raydm2.reference import load_unlabeled
@@ -59,8 +59,8 @@ def floor(args) -> dict:
     del pixels
     runtime.connect(include_dashboard=False)
     cfg = _config(pool_uri, args.arch, 1, 28, 100, args.batch)
-    total, result = C.seconds(acquire_dm2, cfg, ckpt, 1, np.empty(0, np.int64),
-                              AcquireOptions(batch_size=args.batch))
+    total, result = C.seconds(acquire, cfg, ckpt, 1, np.empty(0, np.int64),
+                              opts=AcquireOptions(batch_size=args.batch))
     floor_s = 2 * one_pass
     out = {"arch": args.arch, "images": len(ids), "batch_size": args.batch, "one_pass_s": one_pass,
            "floor_s": floor_s, "acquire_total_s": total, "floor_ratio": total / floor_s, **C.per_stage(result)}
@@ -160,7 +160,7 @@ def _synthetic_pool(path: str, n: int) -> None:
 def scale_one(args) -> dict:
     """One pool size, in its own process so the driver's peak RSS belongs to this size alone."""
     from raydm2 import runtime
-    from raydm2.acquire import AcquireOptions, acquire_dm2
+    from raydm2.acquire import AcquireOptions, acquire
 
     work = args.workdir
     pool_uri = os.path.join(work, f"synthetic_{args.n}")
@@ -169,8 +169,8 @@ def scale_one(args) -> dict:
     ckpt = C.random_checkpoint("small_cnn", 1, 28, os.path.join(work, "ckpt"))
     runtime.connect(include_dashboard=False)
     rss_before = C.PeakRSS.mib()
-    total, result = C.seconds(acquire_dm2, _config(pool_uri, "small_cnn", 1, 28, 1000, 512), ckpt, 1,
-                              np.empty(0, np.int64), AcquireOptions(batch_size=512))
+    total, result = C.seconds(acquire, _config(pool_uri, "small_cnn", 1, 28, 1000, 512), ckpt, 1,
+                              np.empty(0, np.int64), opts=AcquireOptions(batch_size=512))
     out = {"images": args.n, "total_s": total, "s_per_image": total / args.n,
            "driver_peak_rss_mib": C.PeakRSS.mib(), "driver_rss_before_mib": rss_before, **C.per_stage(result)}
     print("SCALE_RESULT " + json.dumps(out, default=float), flush=True)

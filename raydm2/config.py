@@ -45,14 +45,31 @@ class KnnConfig(_Strict):
     l2_weight: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class NoiseStabilityConfig(_Strict):
+    draws: int = Field(30, gt=0, le=1000)
+    # ‖noise‖_F = scale·‖W‖_F per module.
+    scale: float = Field(0.001, gt=0.0, le=1.0)
+    # Consider only this seeded random fraction of the pool (None: all of it).
+    subset_fraction: float | None = Field(None, gt=0.0, le=1.0)
+
+
+STRATEGY_NAMES = ("dm2", "random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
+                  "alpha_mix", "noise_stability")
+
+
 class StrategyConfig(_Strict):
-    # Only strategies that exist are accepted; the baselines of SPEC section 6 join here as they are built.
-    name: Literal["dm2"] = "dm2"
+    name: Literal[STRATEGY_NAMES] = "dm2"
     budget: int = Field(100, gt=0, le=10_000_000)
+    # DM2
     lam: float = Field(0.8, gt=0.0, lt=1.0)
     mix: Literal["random", "mean", "adaptive"] = "random"
     dedupe_radius: float | None = Field(None, gt=0.0)
     knn: KnnConfig = KnnConfig()
+    # BALD: MC-dropout draws
+    bald_samples: int = Field(10, gt=1, le=1000)
+    # ALFA-Mix: the cap on α
+    alpha_cap: float = Field(0.2, gt=0.0, le=1.0)
+    noise_stability: NoiseStabilityConfig = NoiseStabilityConfig()
 
 
 class TrainConfig(_Strict):

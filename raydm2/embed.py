@@ -37,6 +37,12 @@ def drop_ids(batch: dict, excluded: list) -> dict:
     return {name: col[keep] for name, col in batch.items()}
 
 
+def keep_ids(batch: dict, wanted: list) -> dict:
+    """The opposite of `drop_ids`: keep only the ids in the array behind `wanted[0]`."""
+    keep = np.isin(batch["id"], ray.get(wanted[0]))
+    return {name: col[keep] for name, col in batch.items()}
+
+
 class ModelActor:
     """Base of the actors that run the model: loads the checkpoint once, picks the device and thread count."""
 

@@ -36,3 +36,16 @@ PURPOSE_NEIGHBOUR = 2
 PURPOSE_SUBSET = 4
 PURPOSE_TAU = 5
 PURPOSE_INDEX_SAMPLE = 6
+PURPOSE_RANDOM = 7
+PURPOSE_MC_DROPOUT = 8
+PURPOSE_KMEANS = 9
+PURPOSE_FILL = 10
+
+
+def uniform_matrix(ids: np.ndarray, columns: int, seed: int, round_: int, purpose: int = 0) -> np.ndarray:
+    """(len(ids), columns) floats in [0, 1): `columns` independent draws per id, still a pure function of
+    (seed, round, purpose, id, column), so how ids are batched never changes them."""
+    base = hash_ids(ids, seed, round_, purpose)[:, None]
+    with np.errstate(over="ignore"):
+        salt = (np.arange(1, columns + 1, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)) & _MASK
+    return (_splitmix64(base ^ salt[None, :]) >> np.uint64(11)).astype(np.float64) / float(1 << 53)

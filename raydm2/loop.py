@@ -106,10 +106,10 @@ def acquire(project: Project, opts=None) -> pa.Table:
     """Select round t+1 with the checkpoint of the latest trained round t. A round left in `acquiring` by a
     crash is re-run from scratch; its result is the same because the selection is deterministic."""
     from raydm2 import checkpoint, counterparts
-    from raydm2.acquire import AcquireOptions, acquire_dm2
+    from raydm2 import acquire as acquisition
     from raydm2.runtime import connect
 
-    opts = opts or AcquireOptions()
+    opts = opts or acquisition.AcquireOptions()
     strategy = project.config.strategy
     with project.writing():
         t = project.latest_in_state("trained")
@@ -128,7 +128,8 @@ def acquire(project: Project, opts=None) -> pa.Table:
         connect()
         started = time.perf_counter()
         cache = project.embedding_cache(checkpoint.fingerprint(ckpt))
-        result = acquire_dm2(project.config, ckpt.uri, n, excluded, opts, cache)
+        result = acquisition.acquire(project.config, ckpt.uri, n, excluded, project.all_labels(upto=t), opts,
+                                     cache)
         project.write_selection(n, result.selection)
         if project.config.train.adversarial == "selection":
             result.counts["adversarial_counterparts"] = counterparts.make(project, n, ckpt.uri)
@@ -149,10 +150,10 @@ def requery(project: Project, opts=None) -> tuple[pa.Table, str]:
     already embedded with the same weights come from the cache. The hash round is the next round's, so with
     an unchanged pool a requery ranks exactly what the next acquisition would select."""
     from raydm2 import checkpoint
-    from raydm2.acquire import AcquireOptions, acquire_dm2
+    from raydm2 import acquire as acquisition
     from raydm2.runtime import connect
 
-    opts = opts or AcquireOptions()
+    opts = opts or acquisition.AcquireOptions()
     with project.writing():
         t = project.latest_in_state("trained")
         if t is None:
@@ -160,8 +161,9 @@ def requery(project: Project, opts=None) -> tuple[pa.Table, str]:
         ckpt = project.checkpoint_dir(t)
         connect()
         started = time.perf_counter()
-        result = acquire_dm2(project.config, ckpt.uri, t + 1, project.selected_ids(), opts,
-                             project.embedding_cache(checkpoint.fingerprint(ckpt)))
+        result = acquisition.acquire(project.config, ckpt.uri, t + 1, project.selected_ids(),
+                                     project.all_labels(upto=t), opts,
+                                     project.embedding_cache(checkpoint.fingerprint(ckpt)))
         out = project.requery_dir(f"{t:04d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
         out.join("selection.parquet").write_table(result.selection)
         out.join("manifest.json").write_json({

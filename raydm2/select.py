@@ -12,7 +12,9 @@ from raydm2.topk import top_rows
 
 log = logging.getLogger(__name__)
 
-SELECTION_COLUMNS = ["id", "rank", "score", "neighbor_id", "mix_lambda", "anchor_conf", "neighbor_dist"]
+# Every selection starts with these; each strategy appends its own columns (DM2's are the defaults).
+BASE_COLUMNS = ["id", "rank", "score"]
+DM2_COLUMNS = ["neighbor_id", "mix_lambda", "anchor_conf", "neighbor_dist"]
 
 
 def candidates_to_keep(budget: int, k: int, dedupe_radius: float | None) -> int:
@@ -21,8 +23,10 @@ def candidates_to_keep(budget: int, k: int, dedupe_radius: float | None) -> int:
     return budget * (k + 1) if dedupe_radius else budget
 
 
-def finalize(candidates: pa.Table, budget: int, dedupe_radius: float | None) -> tuple[pa.Table, list[str]]:
-    """Rank the merged candidates and cut to B. Returns the selection and any warnings for the manifest."""
+def finalize(candidates: pa.Table, budget: int, dedupe_radius: float | None,
+             columns: list[str] = DM2_COLUMNS) -> tuple[pa.Table, list[str]]:
+    """Rank the merged candidates (score descending, id ascending) and cut to B. Returns the selection and any
+    warnings for the manifest."""
     warnings = []
     ordered = top_rows(candidates, candidates.num_rows)
     if dedupe_radius:
@@ -35,10 +39,15 @@ def finalize(candidates: pa.Table, budget: int, dedupe_radius: float | None) -> 
             warnings.append(f"dedupe skipped {skipped} near-duplicate candidates (radius {dedupe_radius})")
     else:
         ordered = ordered.slice(0, budget)
+    return ranked(ordered, budget, columns, warnings)
+
+
+def ranked(ordered: pa.Table, budget: int, columns: list[str], warnings: list[str] | None = None):
+    """The selection table of rows already in selection order: rank 0 first, the strategy's columns after."""
+    warnings = list(warnings or [])
     if ordered.num_rows < budget:
         msg = f"budget {budget} exceeds the {ordered.num_rows} selectable images; selecting all of them"
         log.warning(msg)
         warnings.append(msg)
-    columns = [c for c in SELECTION_COLUMNS if c in ordered.column_names or c == "rank"]
     table = ordered.append_column("rank", pa.array(np.arange(ordered.num_rows, dtype=np.int32)))
-    return table.select(columns), warnings
+    return table.select(BASE_COLUMNS + list(columns)), warnings

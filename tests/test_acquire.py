@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raydm2 import checkpoint, pool
-from raydm2.acquire import AcquireOptions, acquire_dm2
+from raydm2.acquire import AcquireOptions, acquire
 from raydm2.config import ProjectConfig
 from raydm2.dm2 import DM2Params, mix, to_tensor
 from raydm2.errors import RayDM2Error
@@ -44,7 +44,7 @@ def assert_same_selection(got: pa.Table, want: pa.Table, tol=1e-6):
 )
 def test_distributed_selection_equals_reference(ray_cluster, sample_pools, trained_checkpoint, mix_mode, opts):
     cfg = config(sample_pools["mnist_train"], mix=mix_mode, knn={"mode": "exact"})
-    result = acquire_dm2(cfg, trained_checkpoint, 1, LABELED, opts)
+    result = acquire(cfg, trained_checkpoint, 1, LABELED, opts=opts)
     ids, pixels = load_unlabeled(cfg.pool, 28, 1, set(LABELED.tolist()))
     want = dm2_select(checkpoint.load(trained_checkpoint, SPEC), ids, pixels, DM2Params.from_config(cfg, 1), 25)
     assert_same_selection(result.selection, want)
@@ -93,7 +93,7 @@ def test_edge_cases_small_pool(ray_cluster, tmp_path, sample_pools, trained_chec
     ids = pool.append(uri, src + [b"\x89PNG\r\n\x1a\n broken", b"", encode_png(np.zeros((5, 5), np.uint8))])
     labeled = ids[:2]
     cfg = config(uri, budget=100, knn={"k": 50, "mode": "exact"})
-    result = acquire_dm2(cfg, trained_checkpoint, 1, labeled, AcquireOptions(actors=1))
+    result = acquire(cfg, trained_checkpoint, 1, labeled, opts=AcquireOptions(actors=1))
     sel = result.selection.to_pandas()
     assert result.counts["skipped_undecodable"] == 3
     assert result.counts["candidates"] == 10 and len(sel) == 10
@@ -106,7 +106,7 @@ def test_empty_pool_is_a_clear_error(ray_cluster, sample_pools, trained_checkpoi
     cfg = config(sample_pools["mnist_test"])
     everything = np.arange(500, dtype=np.int64)
     with pytest.raises(RayDM2Error, match="no unlabeled, decodable images"):
-        acquire_dm2(cfg, trained_checkpoint, 1, everything, AcquireOptions(actors=1))
+        acquire(cfg, trained_checkpoint, 1, everything, opts=AcquireOptions(actors=1))
 
 
 @pytest.mark.parametrize("spec", [ModelSpec("small_cnn", 5, 1, 28), ModelSpec("resnet18", 10, 1, 28)])
@@ -114,7 +114,7 @@ def test_mismatched_checkpoint_refused_before_work(tmp_path, sample_pools, spec)
     path = str(tmp_path / "other")
     checkpoint.save(build(spec), spec, path)
     with pytest.raises(RayDM2Error, match="does not match the project"):
-        acquire_dm2(config(sample_pools["mnist_train"]), path, 1, LABELED)
+        acquire(config(sample_pools["mnist_train"]), path, 1, LABELED)
 
 
 def test_checkpoint_that_is_not_a_state_dict_is_refused(tmp_path, sample_pools):

@@ -1,0 +1,116 @@
+"""ALFA-Mix (Parvaneh et al., CVPR 2022) with the closed-form α.
+
+For an unlabeled embedding z with predicted class y* and each class anchor z*_c (the mean labeled embedding of
+class c), α = (ε‖z*_c − z‖ / ‖∇_z ℓ‖) · ∇_z ℓ / (z*_c − z), element-wise, with ε = α_cap / √d and
+ℓ = CE(head(z), y*); the image is a candidate when head((1 − α)z + α z*_c) no longer predicts y* for some c.
+Candidates are clustered with k-means into B clusters and the member nearest each centre is selected; when
+there are fewer than B candidates, the rest is filled at random (hash of seed, round, id), as the authors do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from raydm2 import pipeline
+from raydm2.embed import ModelActor
+from raydm2.errors import RayDM2Error
+from raydm2.greedy import kmeans_representatives
+from raydm2.hashing import PURPOSE_FILL, uniform
+from raydm2.strategies import register
+from raydm2.strategies.base import AcquireRequest, AcquireResult
+from raydm2.strategies.coreset import embed_labeled
+from raydm2.topk import order
+
+
+def closed_form_alpha(z: np.ndarray, anchor: np.ndarray, grad: np.ndarray, eps: float) -> np.ndarray:
+    diff = anchor - z
+    scale = eps * np.linalg.norm(diff, axis=1, keepdims=True) / (np.linalg.norm(grad, axis=1, keepdims=True) + 1e-8)
+    return scale * grad / (diff + 1e-8)
+
+
+def prediction_flips(z: np.ndarray, weight: np.ndarray, bias: np.ndarray, anchors: np.ndarray,
+                     alpha_cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """(number of anchors whose mix changes the prediction, the prediction y*) for embeddings `z`, given the
+    head's `weight` (C, d) and `bias` (C,)."""
+    logits = z @ weight.T + bias
+    pred = logits.argmax(1)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    probs[np.arange(len(z)), pred] -= 1.0
+    grad = probs @ weight  # ∇_z CE(head(z), y*)
+    eps = alpha_cap / np.sqrt(z.shape[1])
+    flips = np.zeros(len(z), np.int64)
+    for anchor in anchors:
+        alpha = closed_form_alpha(z, anchor[None, :], grad, eps)
+        mixed = (1.0 - alpha) * z + alpha * anchor[None, :]
+        flips += (mixed @ weight.T + bias).argmax(1) != pred
+    return flips, pred
+
+
+@ray.remote(num_cpus=0.25)
+def class_anchors(labeled: ray.data.Dataset, labels: pa.Table, num_classes: int) -> np.ndarray:
+    """Mean labeled embedding per class; a class without labels gets the mean of all labeled embeddings
+    (as in the authors' code)."""
+    label_of = dict(zip(labels.column("id").to_pylist(), labels.column("label").to_pylist()))
+    sums, counts, total = None, np.zeros(num_classes), None
+    for b in labeled.select_columns(["id", "z"]).iter_batches(batch_format="numpy", batch_size=65_536):
+        z = b["z"].astype(np.float64)
+        if sums is None:
+            sums, total = np.zeros((num_classes, z.shape[1])), np.zeros(z.shape[1])
+        y = np.array([label_of[int(i)] for i in b["id"]])
+        np.add.at(sums, y, z)
+        counts += np.bincount(y, minlength=num_classes)
+        total += z.sum(0)
+    anchors = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], total / counts.sum())
+    return anchors.astype(np.float32)
+
+
+class AlphaMixScorer(ModelActor):
+    def __init__(self, checkpoint_uri, spec, threads, use_gpu, anchors: np.ndarray, alpha_cap: float):
+        super().__init__(checkpoint_uri, spec, threads, use_gpu)
+        self.anchors, self.alpha_cap = anchors.astype(np.float64), alpha_cap
+        self.weight = self.model.head.weight.detach().double().cpu().numpy()
+        self.bias = self.model.head.bias.detach().double().cpu().numpy()
+
+    def __call__(self, batch: dict) -> dict:
+        ok = batch["ok"].astype(bool)
+        z = np.zeros((len(ok), self.model.feature_dim), np.float32)
+        flips, conf = np.zeros(len(ok), np.int64), np.zeros(len(ok))
+        if ok.any():
+            logits, feats = self.forward(batch["pixels"][ok])
+            z[ok] = feats.cpu().numpy()
+            flips[ok], _ = prediction_flips(z[ok].astype(np.float64), self.weight, self.bias, self.anchors,
+                                            self.alpha_cap)
+            conf[ok] = torch.softmax(logits, 1).max(1).values.double().cpu().numpy()
+        finite = np.isfinite(z).all(1) & np.isfinite(conf)
+        return {"id": batch["id"], "z": z, "flips": flips, "confidence": conf, "ok": ok.astype(np.uint8),
+                "finite": finite.astype(np.uint8)}
+
+
+def alpha_mix(ids, z, flips, confidence, budget: int, seed: int, round_: int) -> pa.Table:
+    candidates = np.flatnonzero(flips > 0)
+    picks = candidates[kmeans_representatives(z[candidates], budget, seed=seed * 1009 + round_)]
+    if len(picks) < budget:
+        rest = np.setdiff1d(np.arange(len(ids)), picks)
+        fill = rest[order(uniform(ids[rest], seed, round_, PURPOSE_FILL), ids[rest])][:budget - len(picks)]
+        picks = np.concatenate([picks, fill])
+    return pa.table({"id": pa.array(ids[picks], pa.int64()), "score": pa.array(flips[picks], pa.float64()),
+                     "confidence": pa.array(confidence[picks], pa.float64())})
+
+
+@register("alpha_mix")
+def select(req: AcquireRequest) -> AcquireResult:
+    if req.labeled is None or req.labeled.num_rows == 0:
+        raise RayDM2Error("alpha_mix needs labeled images: its anchors are the labeled class means")
+    watch = pipeline.Stopwatch()
+    labeled = embed_labeled(req)
+    anchors = ray.get(class_anchors.remote(labeled, req.labeled.select(["id", "label"]), req.config.num_classes))
+    watch.lap("anchors_s")
+    scored, counts = pipeline.score_unlabeled(req, watch, "score_s", AlphaMixScorer, anchors=anchors,
+                                              alpha_cap=req.config.strategy.alpha_cap)
+    picked = pipeline.gather(scored, ["id", "z", "flips", "confidence"], alpha_mix, budget=req.budget,
+                             seed=req.config.seed, round_=req.round_)
+    return pipeline.finish(picked, req, watch, counts, columns=["confidence"])

@@ -1,0 +1,191 @@
+"""The strategy suite: each heuristic on a hand-built case with a known answer, then every registered strategy
+end to end through the distributed pipeline, checked against the same computation done in one process."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from raydm2 import checkpoint, strategies
+from raydm2.acquire import AcquireOptions, acquire
+from raydm2.config import STRATEGY_NAMES, ProjectConfig
+from raydm2.greedy import kcenter_greedy, kmeans_representatives, kmeanspp_seeds, min_distances
+from raydm2.models import ModelSpec
+from raydm2.reference import load_unlabeled
+from raydm2.strategies import alpha_mix, badge, coreset, noise_stability, uncertainty
+
+SPEC = ModelSpec("small_cnn", 10, 1, 28)
+CLASSES = [str(i) for i in range(10)]
+
+
+# ---- hand-built cases ----------------------------------------------------------------------------------------
+def test_registry_matches_config():
+    assert strategies.names() == sorted(STRATEGY_NAMES)
+
+
+def test_probability_heuristics_rank_the_known_ambiguous_points():
+    probs = np.array([
+        [0.98, 0.01, 0.01],   # confident
+        [0.50, 0.49, 0.01],   # two-way tie: the smallest margin
+        [0.34, 0.33, 0.33],   # flat: the highest entropy and least confidence
+        [0.70, 0.20, 0.10],
+    ])
+    assert np.argmax(uncertainty.margin(probs)) == 1
+    assert np.argmax(uncertainty.entropy(probs)) == 2
+    assert np.argmax(uncertainty.least_confidence(probs)) == 2
+    assert np.argmin(uncertainty.least_confidence(probs)) == 0
+    assert uncertainty.margin(probs)[1] == pytest.approx(0.99)
+
+
+def test_bald_is_zero_when_draws_agree_and_high_when_they_disagree():
+    agree = np.tile([[0.5, 0.5]], (10, 1))[:, None, :]
+    disagree = np.array([[1.0, 0.0], [0.0, 1.0]] * 5)[:, None, :]
+    scores = uncertainty.bald(np.concatenate([agree, disagree], axis=1))
+    assert scores[0] == pytest.approx(0.0, abs=1e-9)  # uncertain, but the model's weights agree: no information
+    assert scores[1] == pytest.approx(np.log(2), rel=1e-6)
+
+
+def test_coreset_picks_the_far_cluster_first():
+    rng = np.random.default_rng(0)
+    near = rng.normal(0, 0.1, (50, 4))
+    far = rng.normal(10, 0.1, (5, 4))
+    z = np.concatenate([near, far])
+    labeled = rng.normal(0, 0.1, (20, 4))
+    picked = coreset.coreset(np.arange(55), z, labeled, budget=2).column("id").to_pylist()
+    assert picked[0] >= 50  # the first pick comes from the cluster no labeled centre covers
+    # and once it is covered the next pick is the point farthest from both
+    d = np.minimum(min_distances(z, labeled), np.linalg.norm(z - z[picked[0]], axis=1))
+    assert picked[1] == int(np.argmax(np.where(np.arange(55) == picked[0], -1, d)))
+
+
+def test_kcenter_never_picks_twice_and_breaks_ties_by_index():
+    x = np.zeros((4, 2))
+    picks, _ = kcenter_greedy(x, 4, np.zeros(4))
+    assert picks.tolist() == [0, 1, 2, 3]
+
+
+def test_noise_stability_first_pick_is_the_largest_norm_diff():
+    rng = np.random.default_rng(1)
+    diff = rng.normal(0, 1, (40, 6))
+    diff[17] *= 5
+    table = noise_stability.noise_stability(np.arange(100, 140), diff, np.ones(40, np.uint8), budget=3)
+    ids = table.column("id").to_pylist()
+    assert ids[0] == 117
+    assert table.column("score")[0].as_py() == pytest.approx(np.linalg.norm(diff[17]))
+    # only the considered subset can be picked
+    considered = np.zeros(40, np.uint8)
+    considered[:10] = 1
+    sub = noise_stability.noise_stability(np.arange(40), diff, considered, budget=3).column("id").to_pylist()
+    assert set(sub) <= set(range(10))
+
+
+def test_weight_noise_has_the_specified_relative_norm_and_spares_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    noise_stability.add_weight_noise(model, 0.001, torch.Generator().manual_seed(3))
+    for name, value in model.state_dict().items():
+        if name.endswith("weight"):
+            assert (value - before[name]).norm().item() == pytest.approx(0.001 * before[name].norm().item(), rel=1e-4)
+        elif name.endswith("bias"):
+            assert torch.equal(value, before[name])
+    again = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 3))
+    again.load_state_dict(before)
+    noise_stability.add_weight_noise(again, 0.001, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+def test_badge_gradient_embedding_and_seeding():
+    probs = np.array([[0.7, 0.3], [0.5, 0.5]])
+    z = np.array([[1.0, 2.0], [3.0, 0.0]])
+    g = badge.gradient_embedding(probs, z)
+    assert np.allclose(g[0], np.outer([0.7 - 1.0, 0.3], [1.0, 2.0]).ravel())
+    x = np.random.default_rng(0).normal(0, 1, (30, 3))
+    x[4] *= 20
+    picks, _ = kmeanspp_seeds(x, 5, np.random.default_rng(0))
+    assert picks[0] == 4 and len(set(picks.tolist())) == 5
+    same, _ = kmeanspp_seeds(x, 5, np.random.default_rng(0))
+    assert picks.tolist() == same.tolist()
+
+
+def test_alpha_mix_flags_points_near_the_boundary():
+    # Two classes split by x0 = 0: class 0 left, class 1 right.
+    weight = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    bias = np.zeros(2)
+    anchors = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    z = np.array([[-0.02, 0.3], [-3.0, 0.3]])  # barely class 0, deep in class 0
+    flips, pred = alpha_mix.prediction_flips(z, weight, bias, anchors, alpha_cap=0.2)
+    assert pred.tolist() == [0, 0]
+    assert flips[0] >= 1 and flips[1] == 0
+
+
+def test_kmeans_representatives_take_one_per_cluster():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10]], float)
+    x = np.concatenate([c + rng.normal(0, 0.1, (20, 2)) for c in centres])
+    reps = kmeans_representatives(x, 3, seed=1)
+    assert sorted(int(r) // 20 for r in reps) == [0, 1, 2]
+
+
+# ---- end to end through Ray, against the same computation in one process ------------------------------------
+LABELED = np.arange(0, 1000, dtype=np.int64)
+
+
+def _in_process(name: str, cfg: ProjectConfig, ckpt: str, labeled: pa.Table) -> list[int]:
+    """The strategy's selection with one actor object called on the whole pool as a single batch."""
+    ids, pixels = load_unlabeled(cfg.pool, 28, 1, set(LABELED.tolist()))
+    batch = {"id": ids, "pixels": pixels, "ok": np.ones(len(ids), np.uint8)}
+    s, b = cfg.strategy, cfg.strategy.budget
+    if name in ("least_confidence", "margin", "entropy"):
+        out = uncertainty.ProbabilityScorer(ckpt, SPEC, 1, False, heuristic=name)(batch)
+    elif name == "bald":
+        out = uncertainty.BaldScorer(ckpt, SPEC, 1, False, samples=s.bald_samples, seed=cfg.seed, round_=1)(batch)
+    elif name == "random":
+        out = uncertainty.random_scores(batch, cfg.seed, 1)
+    elif name == "badge":
+        out = badge.GradientEmbedder(ckpt, SPEC, 1, False)(batch)
+        return badge.badge(ids, out["g"], b, cfg.seed, 1).column("id").to_pylist()
+    elif name == "noise_stability":
+        ns = s.noise_stability
+        out = noise_stability.NoiseScorer(ckpt, SPEC, 1, False, ns.draws, ns.scale, cfg.seed, 1,
+                                          ns.subset_fraction)(batch)
+        return noise_stability.noise_stability(ids, out["diff"], out["considered"], b).column("id").to_pylist()
+    elif name == "coreset":
+        from raydm2.embed import Embedder
+
+        model = checkpoint.load(ckpt, SPEC)
+        lab_ids, lab_pixels = load_unlabeled(cfg.pool, 28, 1, set(ids.tolist()))
+        centres = Embedder.forward(type("M", (), {"model": model, "device": torch.device("cpu")})(), lab_pixels)[1]
+        z = Embedder(ckpt, SPEC, 1, False)(batch)["z"]
+        return coreset.coreset(ids, z, centres.numpy(), b).column("id").to_pylist()
+    elif name == "alpha_mix":
+        from raydm2.embed import Embedder
+
+        lab_ids, lab_pixels = load_unlabeled(cfg.pool, 28, 1, set(ids.tolist()))
+        lab = Embedder(ckpt, SPEC, 1, False)({"id": lab_ids, "pixels": lab_pixels,
+                                              "ok": np.ones(len(lab_ids), np.uint8)})
+        y = dict(zip(labeled.column("id").to_pylist(), labeled.column("label").to_pylist()))
+        labels = np.array([y[int(i)] for i in lab_ids])
+        anchors = np.stack([lab["z"][labels == c].mean(0) for c in range(10)])
+        out = alpha_mix.AlphaMixScorer(ckpt, SPEC, 1, False, anchors=anchors, alpha_cap=s.alpha_cap)(batch)
+        return alpha_mix.alpha_mix(ids, out["z"], out["flips"], out["confidence"], b, cfg.seed, 1) \
+            .column("id").to_pylist()
+    order = np.lexsort((out["id"], -out["score"]))[:b]
+    return out["id"][order].tolist()
+
+
+@pytest.mark.parametrize("name", sorted(set(STRATEGY_NAMES) - {"dm2"}))
+def test_strategy_end_to_end_equals_in_process(ray_cluster, sample_pools, trained_checkpoint, name):
+    from raydm2 import pool
+
+    cfg = ProjectConfig(name="t", pool=sample_pools["mnist_train"], classes=CLASSES, seed=7,
+                        strategy={"name": name, "budget": 12, "noise_stability": {"draws": 5}})
+    table = pool.read_columns(cfg.pool, ["id", "label"]).sort_by("id").slice(0, 1000)
+    labeled = pa.table({"id": table.column("id"), "label": table.column("label").cast(pa.int64())})
+    result = acquire(cfg, trained_checkpoint, 1, LABELED, labeled, opts=AcquireOptions(actors=2, batch_size=300))
+    sel = result.selection
+    assert sel.num_rows == 12 and sel.column_names[:3] == ["id", "rank", "score"]
+    assert sel.column("rank").to_pylist() == list(range(12))
+    assert not np.isin(sel.column("id").to_numpy(), LABELED).any()
+    assert len(set(sel.column("id").to_pylist())) == 12
+    assert result.counts["candidates"] == 2000
+    assert sel.column("id").to_pylist() == _in_process(name, cfg, trained_checkpoint, labeled)
