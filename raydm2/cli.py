@@ -13,7 +13,7 @@ import yaml
 
 from raydm2 import ingest as ingest_mod
 from raydm2 import loop
-from raydm2.config import validate_config
+from raydm2.config import STRATEGY_NAMES, validate_config
 from raydm2.errors import RayDM2Error
 from raydm2.presets import PRESETS
 from raydm2.project import Project
@@ -93,7 +93,8 @@ def cmd_ingest(args) -> None:
 
 
 # ---- init / seed / status ------------------------------------------------------------------------------------
-def cmd_init(args) -> None:
+def _settings(args) -> dict:
+    """Project settings from --preset, then --config, then --pool/--test-pool, then --set (later wins)."""
     data: dict = {}
     if args.preset:
         data = _merge(data, PRESETS[args.preset])
@@ -104,8 +105,12 @@ def cmd_init(args) -> None:
             except yaml.YAMLError as exc:
                 raise RayDM2Error(f"malformed {args.config}: {exc}") from None
     data = _merge(data, {k: v for k, v in {"pool": args.pool, "test_pool": args.test_pool}.items() if v})
+    return _merge(data, _dotted_to_nested(_parse_set(args.set)))
+
+
+def cmd_init(args) -> None:
+    data = _settings(args)
     data.setdefault("name", args.name or os.path.basename(os.path.abspath(args.project)))
-    data = _merge(data, _dotted_to_nested(_parse_set(args.set)))
     config = validate_config(data, source="project settings")
     Project.create(args.project, config)
     print(f"created project {config.name!r} at {args.project}")
@@ -242,6 +247,27 @@ def cmd_round(args) -> None:
         cmd_acquire(args)
 
 
+def cmd_simulate(args) -> None:
+    from raydm2.runtime import connect
+    from raydm2.simulate import SimulationPlan, simulate
+
+    data = _settings(args)
+    data.setdefault("name", "simulation")
+    base = validate_config(data, source="simulation settings")
+    for name, value in (("--initial", args.initial), ("--per-round", args.per_round), ("--rounds", args.rounds)):
+        if value <= 0:
+            raise RayDM2Error(f"{name} must be positive, got {value}")
+    plan = SimulationPlan(base=base, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
+                          initial=args.initial, per_round=args.per_round, rounds=args.rounds)
+    os.makedirs(args.out, exist_ok=True)
+    connect()
+    report = simulate(plan, args.out, title=args.title or f"{base.pool} ({', '.join(plan.strategies)})")
+    for name, s in sorted(report["summary"].items(), key=lambda kv: -kv[1]["aubc"]["mean"]):
+        print(f"{name:18s} AUBC {s['aubc']['mean']:.4f} ± {s['aubc']['std']:.4f}   final accuracy "
+              f"{s['final_accuracy']['mean']:.4f} ± {s['final_accuracy']['std']:.4f}")
+    print(f"wrote {args.out}/results.json, results.md, curves.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raydm2", description="Large-pool active learning with DM2 on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -336,6 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.add_argument("--round", type=int, action="append", help="map these rounds (default: the latest)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("simulate", help="active-learning runs with oracle labels: strategies x seeds -> AUBC")
+    p.add_argument("--out", required=True, help="folder for runs/, results.json, results.md, curves.png")
+    p.add_argument("--pool", required=True, help="a pool with a label column (the oracle)")
+    p.add_argument("--test-pool", required=True)
+    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--config", help="a YAML file of settings, merged over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.epochs=20")
+    p.add_argument("--strategies", nargs="+", default=["random", "dm2"], choices=list(STRATEGY_NAMES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--initial", type=int, default=20, help="initial labels (resampled until all classes appear)")
+    p.add_argument("--per-round", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--title")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="a complete DM2 round on a local Ray cluster over the shipped real sample")
     p.add_argument("--workdir", default="demo_project")

@@ -18,11 +18,20 @@ from raydm2.project import Project
 from raydm2.topk import TopK
 
 
-def seed(project: Project, n: int) -> pa.Table:
-    """Round 0: `n` pool images picked uniformly at random, as a pure function of (seed, id).
+def seed_candidates(project: Project, n: int, salt: int = 0) -> tuple[pa.Table, int]:
+    """The `n` pool ids with the smallest hash of (seed, salt, id), best first, and the pool's row count.
+    Streams the id column so memory stays O(n) for any pool size."""
+    best = TopK(n)
+    rows = 0
+    for batch in pool.iter_batches(project.config.pool, ["id"]):
+        ids = batch.column(0).to_numpy()
+        rows += len(ids)
+        best.push(pa.table({"id": ids, "score": uniform(ids, project.config.seed, salt, PURPOSE_SEED)}))
+    return best.result(), rows
 
-    Streams the id column so memory stays O(n) for any pool size.
-    """
+
+def seed(project: Project, n: int, salt: int = 0) -> pa.Table:
+    """Round 0: `n` pool images picked uniformly at random, as a pure function of (seed, salt, id)."""
     if n <= 0:
         raise RayDM2Error(f"seed size must be positive, got {n}")
     with project.writing():
@@ -31,17 +40,11 @@ def seed(project: Project, n: int) -> pa.Table:
                 f"round 0 already exists (state {project.manifest(0)['state']!r}); the project is already seeded"
             )
         started = time.perf_counter()
-        best = TopK(n)
-        rows = 0
-        for batch in pool.iter_batches(project.config.pool, ["id"]):
-            ids = batch.column(0).to_numpy()
-            rows += len(ids)
-            best.push(pa.table({"id": ids, "score": uniform(ids, project.config.seed, 0, PURPOSE_SEED)}))
+        chosen, rows = seed_candidates(project, n, salt)
         if rows == 0:
             raise RayDM2Error(f"pool {project.config.pool!r} is empty")
         if n > rows:
             raise RayDM2Error(f"seed size {n} is larger than the pool ({rows} images)")
-        chosen = best.result()
         selection = pa.table(
             {
                 "id": chosen.column("id"),
@@ -56,7 +59,7 @@ def seed(project: Project, n: int) -> pa.Table:
         project.update(
             0,
             state="selected",
-            counts={"pool_rows": rows, "selected": selection.num_rows},
+            counts={"pool_rows": rows, "selected": selection.num_rows, "seed_salt": salt},
             timings={"select_s": round(time.perf_counter() - started, 4)},
         )
     return selection
@@ -105,8 +108,9 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
 def acquire(project: Project, opts=None) -> pa.Table:
     """Select round t+1 with the checkpoint of the latest trained round t. A round left in `acquiring` by a
     crash is re-run from scratch; its result is the same because the selection is deterministic."""
-    from raydm2 import checkpoint, counterparts
     from raydm2 import acquire as acquisition
+    from raydm2 import checkpoint, counterparts
+    from raydm2.models import spec_from_config
     from raydm2.runtime import connect
 
     opts = opts or acquisition.AcquireOptions()
@@ -116,20 +120,30 @@ def acquire(project: Project, opts=None) -> pa.Table:
         if t is None:
             raise RayDM2Error("no trained round yet: train on the seed labels first (`raydm2 train`)")
         n = t + 1
-        if project.has_round(n):
+        ckpt = project.checkpoint_dir(t)
+        # A checkpoint that does not fit the project is refused before the ledger is touched.
+        checkpoint.load(ckpt, spec_from_config(project.config))
+        resuming = project.has_round(n)
+        if resuming:
             state = project.manifest(n)["state"]
             if state != "acquiring":
                 raise RayDM2Error(f"round {n} is already {state!r}; label and train it before acquiring again")
         else:
             project.new_round(n, strategy=strategy.name)
-        ckpt = project.checkpoint_dir(t)
         project.update(n, state="acquiring", checkpoint=ckpt.uri)
         excluded = project.selected_ids(before=n)
         connect()
         started = time.perf_counter()
         cache = project.embedding_cache(checkpoint.fingerprint(ckpt))
-        result = acquisition.acquire(project.config, ckpt.uri, n, excluded, project.all_labels(upto=t), opts,
-                                     cache)
+        try:
+            result = acquisition.acquire(project.config, ckpt.uri, n, excluded, project.all_labels(upto=t), opts,
+                                         cache)
+        except RayDM2Error:
+            # Refused (a diverged model, nothing left to select): leave no half-started round behind. A crash
+            # never gets here, and its re-run resumes the round instead.
+            if not resuming:
+                project.discard_round(n)
+            raise
         project.write_selection(n, result.selection)
         if project.config.train.adversarial == "selection":
             result.counts["adversarial_counterparts"] = counterparts.make(project, n, ckpt.uri)

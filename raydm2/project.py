@@ -126,6 +126,14 @@ class Project:
         self._write_manifest(n, manifest)
         return manifest
 
+    def discard_round(self, n: int) -> None:
+        """Remove a round that never got a selection (refused input): the project is left as it was before."""
+        self._require_lock()
+        state = self.manifest(n)["state"]
+        if state not in ("planned", "acquiring") or self._round(n).join("selection.parquet").exists():
+            raise StateError(f"round {n} is {state!r} with a selection; only an unfinished acquisition is discarded")
+        self._round(n).delete()
+
     def update(self, n: int, state: str | None = None, **sections) -> dict:
         """Move round n to `state` (checked against the state machine) and merge `sections` into the manifest."""
         self._require_lock()

@@ -1,7 +1,7 @@
 """DM2-AT training on Ray Train (SPEC section 4): TorchTrainer, DDP via `prepare_model`, clean + FGSM loss,
 a checkpoint every `checkpoint_every` epochs, automatic resume, and clean/robust evaluation on the test pool.
 
-Data: the labeled ids are joined with the pool through Ray Data and decoded there; each worker takes its shard
+Data: the pool is filtered to the labeled ids through Ray Data and decoded there; each worker takes its shard
 with `get_dataset_shard` and keeps it in memory, since a labeled set is small by construction (it is the
 labeling budget) and re-streaming it every epoch would cost more than the training step itself.
 """
@@ -9,6 +9,7 @@ labeling budget) and re-streaming it every epoch would cost more than the traini
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,16 +47,27 @@ class TrainJob:
 
 # ---- data ----------------------------------------------------------------------------------------------------
 def labeled_dataset(config: ProjectConfig, labels: pa.Table, counterpart_uris: list[str] = ()) -> ray.data.Dataset:
-    """(pixels, label) rows for the labeled ids: pool ⋈ labels on id, then decoded in CPU tasks; plus the
-    stored Algorithm 2 counterparts (pseudo-labeled adversarial images) when given."""
+    """(pixels, label) rows for the labeled ids: the pool filtered to those ids with their labels attached in
+    CPU tasks (the labels travel as one shared ObjectRef), then decoded; plus the stored Algorithm 2
+    counterparts (pseudo-labeled adversarial images) when given. A labeled set is budget-sized, so a filter
+    beats a hash join, whose shuffle actors cost seconds on every training."""
     if labels.num_rows == 0:
-        raise RayDM2Error("no labels to train on: import labels for the selected images first")
+        raise RayDM2Error("no labels to train on: import labels first")
+    table = labels.select(["id", "label"]).sort_by("id")
+    ref = [ray.put((table.column("id").to_numpy(), table.column("label").to_numpy().astype(np.int64)))]
     images = ray.data.read_parquet(pool.part_uris(config.pool)).select_columns(["id", "image"])
-    table = labels.select(["id", "label"])
-    joined = images.join(ray.data.from_arrow(table), "inner", 1, on=("id",))
+    joined = images.map_batches(_attach_labels, fn_kwargs={"labels": ref}, batch_format="numpy", num_cpus=0.25)
     if counterpart_uris:
         joined = joined.union(ray.data.read_parquet(list(counterpart_uris)).select_columns(["id", "image", "label"]))
     return _decode_with_labels(joined, config)
+
+
+def _attach_labels(batch: dict, labels: list) -> dict:
+    """Keep the rows whose id has a label and add it; `labels[0]` is the ObjectRef of (sorted ids, labels)."""
+    ids, values = ray.get(labels[0])
+    pos = np.clip(np.searchsorted(ids, batch["id"]), 0, max(len(ids) - 1, 0))
+    keep = ids[pos] == batch["id"]
+    return {"id": batch["id"][keep], "image": batch["image"][keep], "label": values[pos[keep]]}
 
 
 def test_dataset(config: ProjectConfig) -> ray.data.Dataset | None:
@@ -219,7 +231,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics)
         if job.fail_once_at_epoch == epoch + 1 and job.fail_marker and not os.path.exists(job.fail_marker):
             open(job.fail_marker, "w").close()
-            raise RuntimeError(f"injected worker failure after epoch {epoch + 1}")
+            os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception Ray could report
 
 
 def _evaluate(model, epsilon: float, device, world: int) -> dict:
@@ -236,7 +248,7 @@ def _evaluate(model, epsilon: float, device, world: int) -> dict:
 @dataclass(frozen=True)
 class TrainOptions:
     max_failures: int = 2
-    fail_once_at_epoch: int | None = None  # tests: raise once after this epoch's checkpoint
+    fail_once_at_epoch: int | None = None  # tests: the worker SIGKILLs itself once after this epoch's checkpoint
     fail_marker: str | None = None
     shard_log_dir: str | None = None  # tests: each rank writes the ids of its shard here
 

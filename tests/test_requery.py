@@ -1,17 +1,14 @@
 """Re-query: the grown pool is re-ranked with the latest checkpoint, embeddings reused from the cache; the
 result equals the reference on the grown pool (here with adaptive mixing and 2 actors)."""
 
-import shutil
-
 import numpy as np
 
 from raydm2 import checkpoint, loop, pool
 from raydm2.acquire import AcquireOptions
-from raydm2.config import ProjectConfig
 from raydm2.dm2 import DM2Params
 from raydm2.models import ModelSpec
-from raydm2.project import Project
 from raydm2.reference import dm2_select, load_unlabeled
+from tests.helpers import trained_project
 from tests.test_acquire import assert_same_selection
 
 SPEC = ModelSpec("small_cnn", 10, 1, 28)
@@ -22,14 +19,7 @@ def test_requery_reuses_cached_embeddings_and_sees_new_images(ray_cluster, tmp_p
     src = pool.read_columns(sample_pools["mnist_train"], ["image"]).column("image").to_pylist()
     pool_uri = str(tmp_path / "pool")
     pool.append(pool_uri, src[1000:1600])
-    project = Project.create(str(tmp_path / "proj"), ProjectConfig(
-        name="rq", pool=pool_uri, classes=[str(i) for i in range(10)], seed=5,
-        strategy={"budget": 15, "mix": "adaptive", "knn": {"mode": "exact"}}))
-    loop.seed(project, 30)
-    with project.writing():  # round 0 trained with the fixture's real model
-        project.update(0, state="labeled")
-        shutil.copytree(trained_checkpoint, project.checkpoint_dir(0).path)
-        project.update(0, state="trained")
+    project = trained_project(str(tmp_path / "proj"), pool_uri, trained_checkpoint, mix="adaptive")
 
     first, where = loop.requery(project, AcquireOptions(actors=1))
     counts = project.requery_dir(where.rsplit("/", 1)[1]).join("manifest.json").read_json()["counts"]

@@ -1,0 +1,53 @@
+"""Helpers shared by test modules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+
+from raydm2 import loop
+from raydm2.config import ProjectConfig
+from raydm2.project import Project
+
+CLASSES = [str(i) for i in range(10)]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def trained_project(path: str, pool_uri: str, checkpoint_dir: str, seed_n: int = 30, **strategy) -> Project:
+    """A project whose round 0 (seed_n random images) is trained, with the fixture's real model standing in for
+    Ray Train (which test_train.py and test_jobs.py cover)."""
+    project = Project.create(path, ProjectConfig(name="p", pool=pool_uri, classes=CLASSES, seed=5,
+                                                 strategy={"budget": 15, "knn": {"mode": "exact"}, **strategy}))
+    loop.seed(project, seed_n)
+    with project.writing():
+        project.update(0, state="labeled")
+        shutil.copytree(checkpoint_dir, project.checkpoint_dir(0).path)
+        project.update(0, state="trained")
+    return project
+
+
+def snapshot(root: str) -> dict[str, bytes]:
+    """Every file under `root` with its bytes: 'the project is unchanged' is snapshot equality."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    """`raydm2 ARGS` in its own process (and session, so it can be killed as a whole)."""
+    return subprocess.Popen([sys.executable, "-m", "raydm2.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            **popen)
+
+
+def label_table(ids: np.ndarray, labels: np.ndarray) -> pa.Table:
+    return pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64())})
