@@ -12,7 +12,7 @@ import sys
 import yaml
 
 from raydm2 import ingest as ingest_mod
-from raydm2 import loop
+from raydm2 import loop, pool
 from raydm2.config import STRATEGY_NAMES, validate_config
 from raydm2.errors import RayDM2Error
 from raydm2.presets import PRESETS
@@ -58,12 +58,12 @@ def cmd_ingest(args) -> None:
         counts = ingest_mod.ingest_idx_dataset(args.root, args.out, source=fmt)
     elif fmt == "idx":
         x, y = ingest_mod.load_idx_pair(args.images, args.labels)
-        counts = {"rows": len(ingest_mod.pool.append_arrays(args.out, x, y, "idx"))}
+        counts = {"rows": len(pool.append_arrays(args.out, x, y, "idx"))}
     elif fmt == "cifar_npz":
         counts = ingest_mod.ingest_npz_dataset(args.path, args.out, source="cifar10")
     elif fmt == "cifar_batches":
         x, y = ingest_mod.load_cifar_batches(args.files)
-        counts = {"rows": len(ingest_mod.pool.append_arrays(args.out, x, y, "cifar10"))}
+        counts = {"rows": len(pool.append_arrays(args.out, x, y, "cifar10"))}
     elif fmt == "folder":
         rows, classes = ingest_mod.ingest_folder(args.root, args.out)
         counts = {"rows": rows}
@@ -71,7 +71,7 @@ def cmd_ingest(args) -> None:
             print("classes (label index = position): " + ", ".join(classes))
     elif fmt == "numpy":
         x, y = ingest_mod.load_numpy(args.images, args.labels)
-        counts = {"rows": len(ingest_mod.pool.append_arrays(args.out, x, y, "numpy"))}
+        counts = {"rows": len(pool.append_arrays(args.out, x, y, "numpy"))}
     elif fmt == "sample":
         root = ingest_mod.sample_data_dir()
         counts = {
@@ -101,9 +101,12 @@ def _settings(args) -> dict:
     if args.config:
         with open(args.config) as f:
             try:
-                data = _merge(data, yaml.safe_load(f) or {})
+                loaded = yaml.safe_load(f) or {}
             except yaml.YAMLError as exc:
                 raise RayDM2Error(f"malformed {args.config}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise RayDM2Error(f"{args.config}: expected a mapping of settings, got {type(loaded).__name__}")
+        data = _merge(data, loaded)
     data = _merge(data, {k: v for k, v in {"pool": args.pool, "test_pool": args.test_pool}.items() if v})
     return _merge(data, _dotted_to_nested(_parse_set(args.set)))
 
@@ -112,6 +115,8 @@ def cmd_init(args) -> None:
     data = _settings(args)
     data.setdefault("name", args.name or os.path.basename(os.path.abspath(args.project)))
     config = validate_config(data, source="project settings")
+    for uri in filter(None, (config.pool, config.test_pool)):
+        pool.pool_info(uri)  # exists, has the pool columns, unique ids
     Project.create(args.project, config)
     print(f"created project {config.name!r} at {args.project}")
 

@@ -91,7 +91,9 @@ def embed_pool(config: ProjectConfig, checkpoint_uri: str, spec, opts, excluded:
     ds = map_model(decode(ds, config, opts.batch_size), Embedder, plan, opts.batch_size,
                    checkpoint_uri=checkpoint_uri, spec=spec).materialize()
     if cache is not None and ds.count():
-        _add_to_cache(ds, cache)
+        new = count_rows(ds)
+        if new["ok"] == new["finite"]:  # a diverged model's output is refused later and must not be cached
+            _add_to_cache(ds, cache)
     if cached is None:
         return ds, 0
     return cached.union(ds).materialize(), cached.count()

@@ -75,6 +75,12 @@ def pool_info(uri: str) -> PoolInfo:
     ds = _dataset(loc)
     check_schema(ds.schema, uri)
     ids = ds.to_table(columns=["id"]).column("id")
+    if ids.null_count:
+        raise RayDM2Error(f"pool {uri!r} has {ids.null_count} rows without an id")
+    distinct = pc.count_distinct(ids).as_py() if len(ids) else 0
+    if distinct != len(ids):
+        raise RayDM2Error(f"pool {uri!r} has duplicate ids ({len(ids) - distinct} rows repeat an id); ids must be "
+                          "unique, since selections and labels refer to images by id")
     max_id = pc.max(ids).as_py() if len(ids) else None
     return PoolInfo(
         rows=len(ids),
