@@ -117,6 +117,18 @@ def embed_unlabeled(req: AcquireRequest, watch: Stopwatch) -> tuple[ray.data.Dat
     return _checked(embedded, req, watch, "embed_s", from_cache)
 
 
+def embed_with_labeled(req: AcquireRequest, watch: Stopwatch) -> tuple[ray.data.Dataset, ray.data.Dataset, dict]:
+    """One embedding pass over unlabeled and labeled images together (through the cache), for strategies that
+    measure the unlabeled against the labeled set; returns (unlabeled decodable rows, labeled rows, counts)."""
+    everything = np.union1d(req.excluded, req.labeled.column("id").to_numpy())
+    embedded, from_cache = embed_pool(req.config, req.checkpoint_uri, req.spec, req.opts, cache=req.cache)
+    labeled = restrict(embedded, only=req.labeled.column("id").to_numpy()).map_batches(
+        keep_ok, batch_format="numpy", num_cpus=0.25)
+    unlabeled, counts = _checked(restrict(embedded, excluded=everything).materialize(), req, watch, "embed_s",
+                                 from_cache)
+    return unlabeled, labeled, counts
+
+
 def score_unlabeled(req: AcquireRequest, watch: Stopwatch, stage: str, scorer, **kwargs):
     """Decode the unlabeled pool and run `scorer` on it: a `ModelActor` class (run in the actor pool) or a
     plain function (run as CPU tasks). Its output must carry `id`, `ok` and `finite`."""

@@ -182,3 +182,27 @@ def test_unusable_images_are_skipped_and_counted(ray_cluster, tmp_path, sample_p
     assert counts["skipped_undecodable"] == bad - np.isin(bad_ids, seeded).sum() > 0
     assert counts["candidates"] == 300 - (~np.isin(seeded, bad_ids)).sum()
     assert not np.isin(project.selection(1).column("id").to_numpy(), bad_ids).any()
+
+
+def test_no_code_path_unpickles_project_files():
+    """Static check of the package: torch.load only with weights_only=True, np.load only with
+    allow_pickle=False, and no bare pickle.load(s) (the CIFAR reader uses a restricted Unpickler)."""
+    import ast
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    offenders = []
+    for folder in ("raydm2", "jobs"):
+        for dirpath, _, files in os.walk(os.path.join(root, folder)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                for node in ast.walk(ast.parse(open(path).read())):
+                    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                        continue
+                    owner = getattr(node.func.value, "id", None)
+                    kwargs = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                    call = f"{owner}.{node.func.attr}"
+                    if (call == "torch.load" and kwargs.get("weights_only") is not True) or \
+                            (call == "np.load" and kwargs.get("allow_pickle") is not False) or \
+                            call in ("pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads"):
+                        offenders.append(f"{os.path.relpath(path, root)}:{node.lineno} {call}")
+    assert not offenders, offenders

@@ -32,7 +32,7 @@ def _reference(cfg, ckpt, excluded, budget, round_=1):
 class ActorKiller(threading.Thread):
     """Kills, by its own pid, each Ray Data pool actor (`_MapWorker`) once it has been alive for `after` s."""
 
-    def __init__(self, after: float = 1.0, limit: int = 3):
+    def __init__(self, after: float = 1.0, limit: int = 2):
         super().__init__(daemon=True)
         self.after, self.limit = after, limit
         self.killed: list[tuple[str, int, float]] = []
@@ -60,7 +60,7 @@ def test_actors_killed_mid_acquisition_do_not_change_the_selection(ray_cluster, 
     killer = ActorKiller()
     killer.start()
     try:
-        result = acquire(cfg, trained_checkpoint, 1, LABELED, opts=AcquireOptions(actors=1, batch_size=32))
+        result = acquire(cfg, trained_checkpoint, 1, LABELED, opts=AcquireOptions(actors=1, batch_size=64))
         finished = time.monotonic()
     finally:
         killer.stop.set()
@@ -89,21 +89,40 @@ def _kill(proc) -> None:
     proc.wait()  # reaped, so its pid is really gone (a zombie would still look alive to the stale-lock check)
 
 
-def test_killed_acquisition_rerun_completes_with_the_same_selection(ray_cluster, tmp_path, sample_pools,
-                                                                    trained_checkpoint):
+def test_writers_refused_locks_taken_over_and_a_killed_acquisition_rerun(ray_cluster, tmp_path, sample_pools,
+                                                                          trained_checkpoint):
+    """One project through three process-level faults in a row (each driver is its own process, joined to the
+    session's cluster through RAY_ADDRESS):
+    1. two `round` processes at once: the second is refused with "project is locked";
+    2. the first is SIGKILLed, leaving its lock behind: the next command takes the stale lock over;
+    3. that `acquire` is SIGKILLed while the round is `acquiring`: the re-run completes it with the reference's
+       selection, no duplicate ids, and one completed round."""
     env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     project = trained_project(str(tmp_path / "p"), sample_pools["mnist_train"], trained_checkpoint)
-    first = cli("acquire", "--project", project.uri, "--actors", "1", "--batch-size", "32", env=env)
-    _wait_state(project.uri, 1, "acquiring", first)
-    time.sleep(3)
+    lock = project.loc.join(".lock")
+
+    first = cli("round", "--project", project.uri, env=env)
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and f'"pid": {first.pid}' in lock.read_text()):
+        assert time.monotonic() < deadline and first.poll() is None, "the first round never took the lock"
+        time.sleep(0.1)
+    second = cli("round", "--project", project.uri, env=env)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2 and "project is locked" in err, err[-2000:]
     _kill(first)
+    assert lock.exists()  # left behind by a pid that no longer exists
+
+    killed = cli("acquire", "--project", project.uri, "--actors", "1", "--batch-size", "32", env=env)
+    _wait_state(project.uri, 1, "acquiring", killed)  # it got past the stale lock
+    time.sleep(3)
+    _kill(killed)
     assert Project.open(project.uri).manifest(1)["state"] == "acquiring", "killed too late: it had finished"
 
     rerun = cli("acquire", "--project", project.uri, env=env)
-    out, err = rerun.communicate(timeout=600)
+    _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err[-3000:]
     project = Project.open(project.uri)
-    assert project.round_ids() == [0, 1]
+    assert project.round_ids() == [0, 1] and not lock.exists()
     manifest = project.manifest(1)
     assert manifest["state"] == "selected"
     assert [h["state"] for h in manifest["history"]].count("selected") == 1
@@ -139,27 +158,3 @@ def test_interrupted_label_import_keeps_previous_labels_and_retry_succeeds(tmp_p
     assert result == {"labels": 20, "complete": True}
     assert sorted(project.labels(0).column("id").to_pylist()) == sorted(ids.tolist())
     assert project.manifest(0)["state"] == "labeled"
-
-
-def test_second_round_process_is_refused_and_a_dead_owners_lock_is_taken_over(ray_cluster, tmp_path, sample_pools,
-                                                                              trained_checkpoint):
-    env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    project = trained_project(str(tmp_path / "p"), sample_pools["mnist_train"], trained_checkpoint)
-    lock = project.loc.join(".lock")
-    first = cli("round", "--project", project.uri, env=env)
-    deadline = time.monotonic() + 120
-    while not (lock.exists() and f'"pid": {first.pid}' in lock.read_text()):
-        assert time.monotonic() < deadline and first.poll() is None, "the first round never took the lock"
-        time.sleep(0.1)
-
-    second = cli("round", "--project", project.uri, env=env)
-    out, err = second.communicate(timeout=120)
-    assert second.returncode == 2 and "project is locked" in err, err[-2000:]
-
-    _kill(first)  # its lock stays behind, owned by a pid that no longer exists
-    assert lock.exists()
-    third = cli("acquire", "--project", project.uri, env=env)
-    out, err = third.communicate(timeout=600)
-    assert third.returncode == 0, err[-3000:]
-    assert Project.open(project.uri).manifest(1)["state"] == "selected"
-    assert not lock.exists()

@@ -127,7 +127,20 @@ def test_kmeans_representatives_take_one_per_cluster():
 
 
 # ---- end to end through Ray, against the same computation in one process ------------------------------------
-LABELED = np.arange(0, 1000, dtype=np.int64)
+# The first 200 images (part of the fixture model's training set) count as labeled; 600 are candidates.
+LABELED = np.arange(0, 200, dtype=np.int64)
+# A few strategies run with two actors and several blocks, the rest with one: sharding must not matter.
+SHARDED = {"margin", "badge", "noise_stability", "coreset"}
+
+
+@pytest.fixture(scope="module")
+def small_pool(sample_pools, tmp_path_factory):
+    from raydm2 import pool
+
+    table = pool.read_columns(sample_pools["mnist_train"], ["id", "image", "label"]).sort_by("id").slice(0, 800)
+    uri = str(tmp_path_factory.mktemp("strategies") / "pool")
+    pool.append(uri, table.column("image").to_pylist(), table.column("label").to_pylist())
+    return uri
 
 
 def _in_process(name: str, cfg: ProjectConfig, ckpt: str, labeled: pa.Table) -> list[int]:
@@ -149,24 +162,20 @@ def _in_process(name: str, cfg: ProjectConfig, ckpt: str, labeled: pa.Table) -> 
         out = noise_stability.NoiseScorer(ckpt, SPEC, 1, False, ns.draws, ns.scale, cfg.seed, 1,
                                           ns.subset_fraction)(batch)
         return noise_stability.noise_stability(ids, out["diff"], out["considered"], b).column("id").to_pylist()
-    elif name == "coreset":
+    elif name in ("coreset", "alpha_mix"):
         from raydm2.embed import Embedder
 
-        model = checkpoint.load(ckpt, SPEC)
+        embedder = Embedder(ckpt, SPEC, 1, False)
         lab_ids, lab_pixels = load_unlabeled(cfg.pool, 28, 1, set(ids.tolist()))
-        centres = Embedder.forward(type("M", (), {"model": model, "device": torch.device("cpu")})(), lab_pixels)[1]
-        z = Embedder(ckpt, SPEC, 1, False)(batch)["z"]
-        return coreset.coreset(ids, z, centres.numpy(), b).column("id").to_pylist()
-    elif name == "alpha_mix":
-        from raydm2.embed import Embedder
-
-        lab_ids, lab_pixels = load_unlabeled(cfg.pool, 28, 1, set(ids.tolist()))
-        lab = Embedder(ckpt, SPEC, 1, False)({"id": lab_ids, "pixels": lab_pixels,
-                                              "ok": np.ones(len(lab_ids), np.uint8)})
+        lab_z = embedder({"id": lab_ids, "pixels": lab_pixels, "ok": np.ones(len(lab_ids), np.uint8)})["z"]
+        if name == "coreset":
+            return coreset.coreset(ids, embedder(batch)["z"], lab_z, b).column("id").to_pylist()
         y = dict(zip(labeled.column("id").to_pylist(), labeled.column("label").to_pylist()))
         labels = np.array([y[int(i)] for i in lab_ids])
-        anchors = np.stack([lab["z"][labels == c].mean(0) for c in range(10)])
-        out = alpha_mix.AlphaMixScorer(ckpt, SPEC, 1, False, anchors=anchors, alpha_cap=s.alpha_cap)(batch)
+        anchors = np.stack([lab_z[labels == c].mean(0) for c in range(10)])
+        head = checkpoint.load(ckpt, SPEC).head
+        out = alpha_mix.flips_batch(embedder(batch), anchors.astype(np.float64), head.weight.detach().double().numpy(),
+                                    head.bias.detach().double().numpy(), s.alpha_cap)
         return alpha_mix.alpha_mix(ids, out["z"], out["flips"], out["confidence"], b, cfg.seed, 1) \
             .column("id").to_pylist()
     order = np.lexsort((out["id"], -out["score"]))[:b]
@@ -174,18 +183,19 @@ def _in_process(name: str, cfg: ProjectConfig, ckpt: str, labeled: pa.Table) -> 
 
 
 @pytest.mark.parametrize("name", sorted(set(STRATEGY_NAMES) - {"dm2"}))
-def test_strategy_end_to_end_equals_in_process(ray_cluster, sample_pools, trained_checkpoint, name):
+def test_strategy_end_to_end_equals_in_process(ray_cluster, small_pool, trained_checkpoint, name):
     from raydm2 import pool
 
-    cfg = ProjectConfig(name="t", pool=sample_pools["mnist_train"], classes=CLASSES, seed=7,
+    cfg = ProjectConfig(name="t", pool=small_pool, classes=CLASSES, seed=7,
                         strategy={"name": name, "budget": 12, "noise_stability": {"draws": 5}})
-    table = pool.read_columns(cfg.pool, ["id", "label"]).sort_by("id").slice(0, 1000)
+    table = pool.read_columns(cfg.pool, ["id", "label"]).sort_by("id").slice(0, len(LABELED))
     labeled = pa.table({"id": table.column("id"), "label": table.column("label").cast(pa.int64())})
-    result = acquire(cfg, trained_checkpoint, 1, LABELED, labeled, opts=AcquireOptions(actors=2, batch_size=300))
+    opts = AcquireOptions(actors=2, batch_size=100, blocks=3) if name in SHARDED else AcquireOptions(actors=1)
+    result = acquire(cfg, trained_checkpoint, 1, LABELED, labeled, opts=opts)
     sel = result.selection
     assert sel.num_rows == 12 and sel.column_names[:3] == ["id", "rank", "score"]
     assert sel.column("rank").to_pylist() == list(range(12))
     assert not np.isin(sel.column("id").to_numpy(), LABELED).any()
     assert len(set(sel.column("id").to_pylist())) == 12
-    assert result.counts["candidates"] == 2000
+    assert result.counts["candidates"] == 600
     assert sel.column("id").to_pylist() == _in_process(name, cfg, trained_checkpoint, labeled)

@@ -12,16 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import ray
-import torch
-
-from raydm2 import pipeline
-from raydm2.embed import ModelActor
+from raydm2 import checkpoint, pipeline
 from raydm2.errors import RayDM2Error
 from raydm2.greedy import kmeans_representatives
 from raydm2.hashing import PURPOSE_FILL, uniform
 from raydm2.strategies import register
 from raydm2.strategies.base import AcquireRequest, AcquireResult
-from raydm2.strategies.coreset import embed_labeled
 from raydm2.topk import order
 
 
@@ -68,26 +64,10 @@ def class_anchors(labeled: ray.data.Dataset, labels: pa.Table, num_classes: int)
     return anchors.astype(np.float32)
 
 
-class AlphaMixScorer(ModelActor):
-    def __init__(self, checkpoint_uri, spec, threads, use_gpu, anchors: np.ndarray, alpha_cap: float):
-        super().__init__(checkpoint_uri, spec, threads, use_gpu)
-        self.anchors, self.alpha_cap = anchors.astype(np.float64), alpha_cap
-        self.weight = self.model.head.weight.detach().double().cpu().numpy()
-        self.bias = self.model.head.bias.detach().double().cpu().numpy()
-
-    def __call__(self, batch: dict) -> dict:
-        ok = batch["ok"].astype(bool)
-        z = np.zeros((len(ok), self.model.feature_dim), np.float32)
-        flips, conf = np.zeros(len(ok), np.int64), np.zeros(len(ok))
-        if ok.any():
-            logits, feats = self.forward(batch["pixels"][ok])
-            z[ok] = feats.cpu().numpy()
-            flips[ok], _ = prediction_flips(z[ok].astype(np.float64), self.weight, self.bias, self.anchors,
-                                            self.alpha_cap)
-            conf[ok] = torch.softmax(logits, 1).max(1).values.double().cpu().numpy()
-        finite = np.isfinite(z).all(1) & np.isfinite(conf)
-        return {"id": batch["id"], "z": z, "flips": flips, "confidence": conf, "ok": ok.astype(np.uint8),
-                "finite": finite.astype(np.uint8)}
+def flips_batch(batch: dict, anchors: np.ndarray, weight: np.ndarray, bias: np.ndarray, alpha_cap: float) -> dict:
+    """CPU task over embedded rows: the head alone decides the flips, so no second model pass is needed."""
+    flips, _ = prediction_flips(batch["z"].astype(np.float64), weight, bias, anchors, alpha_cap)
+    return {"id": batch["id"], "z": batch["z"], "flips": flips, "confidence": batch["conf"]}
 
 
 def alpha_mix(ids, z, flips, confidence, budget: int, seed: int, round_: int) -> pa.Table:
@@ -103,14 +83,16 @@ def alpha_mix(ids, z, flips, confidence, budget: int, seed: int, round_: int) ->
 
 @register("alpha_mix")
 def select(req: AcquireRequest) -> AcquireResult:
-    if req.labeled is None or req.labeled.num_rows == 0:
+    if req.labeled.num_rows == 0:
         raise RayDM2Error("alpha_mix needs labeled images: its anchors are the labeled class means")
     watch = pipeline.Stopwatch()
-    labeled = embed_labeled(req)
+    unlabeled, labeled, counts = pipeline.embed_with_labeled(req, watch)
     anchors = ray.get(class_anchors.remote(labeled, req.labeled.select(["id", "label"]), req.config.num_classes))
-    watch.lap("anchors_s")
-    scored, counts = pipeline.score_unlabeled(req, watch, "score_s", AlphaMixScorer, anchors=anchors,
-                                              alpha_cap=req.config.strategy.alpha_cap)
+    head = checkpoint.load(req.checkpoint_uri, req.spec).head
+    scored = unlabeled.map_batches(
+        flips_batch, batch_format="numpy", num_cpus=0.5,
+        fn_kwargs={"anchors": anchors.astype(np.float64), "weight": head.weight.detach().double().numpy(),
+                   "bias": head.bias.detach().double().numpy(), "alpha_cap": req.config.strategy.alpha_cap})
     picked = pipeline.gather(scored, ["id", "z", "flips", "confidence"], alpha_mix, budget=req.budget,
                              seed=req.config.seed, round_=req.round_)
     return pipeline.finish(picked, req, watch, counts, columns=["confidence"])

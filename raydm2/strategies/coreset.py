@@ -36,19 +36,9 @@ def _coreset_in_actor(ids, z, labeled: ray.data.Dataset | None, budget: int) -> 
     return coreset(ids, z, stack(labeled, "z"), budget)
 
 
-def embed_labeled(req: AcquireRequest) -> ray.data.Dataset | None:
-    ids = req.labeled.column("id").to_numpy() if req.labeled is not None and req.labeled.num_rows else None
-    if ids is None:
-        return None
-    ds, _ = pipeline.embed_pool(req.config, req.checkpoint_uri, req.spec, req.opts, only=ids)
-    return ds.map_batches(pipeline.keep_ok, batch_format="numpy", num_cpus=0.25)
-
-
 @register("coreset")
 def select(req: AcquireRequest) -> AcquireResult:
     watch = pipeline.Stopwatch()
-    good, counts = pipeline.embed_unlabeled(req, watch)
-    labeled = embed_labeled(req)
-    watch.lap("embed_labeled_s")
+    good, labeled, counts = pipeline.embed_with_labeled(req, watch)
     picked = pipeline.gather(good, ["id", "z"], _coreset_in_actor, labeled=labeled, budget=req.budget)
     return pipeline.finish(picked, req, watch, counts)

@@ -1,0 +1,152 @@
+"""Selection quality: simulated active learning per strategy (SPEC section 8, issue #6 protocols).
+
+    python benchmarks/select_bench.py run --protocol mnist --data-root ../shared/data
+    python benchmarks/select_bench.py run --protocol fashion_mnist --data-root ../shared/data
+    python benchmarks/select_bench.py run --protocol cifar10_cpu --data-root ../shared/data
+    python benchmarks/select_bench.py ablation --protocol mnist --data-root ../shared/data
+
+Pools: MNIST-family runs use a seeded 10,000-image subset of train (all 10,000 test images evaluate); CIFAR-10
+uses the shared subset (10,000 train, 2,000 test). `cifar10_gpu` records the paper's GPU settings; it is
+documented, not run on the 2-core machine. Each run is resumable: finished (strategy, seed) runs are kept under
+--workdir and skipped when the command is repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import _common as C  # noqa: E402
+
+ALL = ["random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "alpha_mix",
+       "noise_stability", "dm2"]
+
+PROTOCOLS: dict[str, dict] = {
+    # NoiseStability's MNIST protocol: small CNN, Adam 1e-3, batch 96, 20 initial labels (every class present),
+    # +20 per round, 10 rounds.
+    "mnist": {"dataset": "mnist", "preset": "mnist", "initial": 20, "per_round": 20, "rounds": 10,
+              "settings": {"train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 96, "epochs": 30}}},
+    "fashion_mnist": {"dataset": "fashion_mnist", "preset": "fashion_mnist", "initial": 20, "per_round": 50,
+                      "rounds": 10,
+                      "settings": {"train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 96, "epochs": 30}}},
+    # CPU-sized: ResNet-18 with the CIFAR stem, SGD, 15 epochs per round: about what 2 cores train in minutes.
+    "cifar10_cpu": {"dataset": "cifar10", "preset": "cifar10", "initial": 250, "per_round": 250, "rounds": 6,
+                    "settings": {"train": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
+                                           "batch_size": 64, "epochs": 15}}},
+    # The paper's GPU settings (documented; needs a GPU cluster): ResNet-18, SGD 0.1, wd 5e-4, 200 epochs.
+    "cifar10_gpu": {"dataset": "cifar10", "preset": "cifar10", "initial": 1000, "per_round": 1000, "rounds": 10,
+                    "settings": {"train": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "batch_size": 128,
+                                           "epochs": 200, "use_gpu": True}}},
+}
+SUBSET = 10_000
+
+
+def pools(dataset: str, data_root: str, workdir: str) -> tuple[str, str]:
+    """(train subset pool, test pool), ingested once into workdir from the original files."""
+    from raydm2 import ingest, pool
+
+    train, test = (os.path.join(workdir, "pools", dataset, name) for name in ("train", "test"))
+    if os.path.exists(test):
+        return train, test
+    if dataset == "cifar10":
+        with np.load(os.path.join(data_root, "cifar10", "cifar10_subset.npz"), allow_pickle=False) as d:
+            x_train, y_train, x_test, y_test = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+    else:
+        root = os.path.join(data_root, dataset)
+        x_train, y_train = ingest.load_idx_pair(os.path.join(root, "train-images-idx3-ubyte.gz"),
+                                                os.path.join(root, "train-labels-idx1-ubyte.gz"))
+        x_test, y_test = ingest.load_idx_pair(os.path.join(root, "t10k-images-idx3-ubyte.gz"),
+                                              os.path.join(root, "t10k-labels-idx1-ubyte.gz"))
+        keep = np.sort(np.random.default_rng(0).choice(len(x_train), SUBSET, replace=False))
+        x_train, y_train = x_train[keep], y_train[keep]
+    pool.append_arrays(train, x_train, y_train, f"{dataset}:train")
+    pool.append_arrays(test, x_test, y_test, f"{dataset}:test")
+    return train, test
+
+
+def _base(protocol: dict, train: str, test: str, extra: dict | None = None):
+    from raydm2.cli import _merge
+    from raydm2.config import validate_config
+    from raydm2.presets import PRESETS
+
+    data = _merge(_merge(dict(PRESETS[protocol["preset"]]), protocol["settings"]), extra or {})
+    return validate_config({**data, "name": "bench", "pool": train, "test_pool": test})
+
+
+def _plan(protocol: dict, base, strategies, seeds, rounds):
+    from raydm2.simulate import SimulationPlan
+
+    return SimulationPlan(base=base, strategies=tuple(strategies), seeds=tuple(seeds), initial=protocol["initial"],
+                          per_round=protocol["per_round"], rounds=rounds or protocol["rounds"])
+
+
+def run(args) -> dict:
+    from raydm2.runtime import connect
+    from raydm2.simulate import simulate
+
+    protocol = PROTOCOLS[args.protocol]
+    work = os.path.join(args.workdir, args.protocol)
+    train, test = pools(protocol["dataset"], args.data_root, args.workdir)
+    connect(include_dashboard=False)
+    plan = _plan(protocol, _base(protocol, train, test), args.strategies, args.seeds, args.rounds)
+    report = simulate(plan, work, title=f"{args.protocol}: {len(args.seeds)} seeds")
+    summary = report["summary"]
+    out = {"protocol": args.protocol, "settings": protocol, "seeds": args.seeds, "pool_subset": SUBSET,
+           "aubc": {k: v["aubc"] for k, v in summary.items()},
+           "final_accuracy": {k: v["final_accuracy"] for k, v in summary.items()},
+           "summary": summary, "curves_png": os.path.join(work, "curves.png")}
+    C.save(f"select_{args.protocol}", out)
+    return out
+
+
+def ablation(args) -> dict:
+    """DM2's λ, k and mixing mode, one setting changed at a time from the defaults."""
+    from raydm2.runtime import connect
+    from raydm2.simulate import simulate
+
+    protocol = PROTOCOLS[args.protocol]
+    train, test = pools(protocol["dataset"], args.data_root, args.workdir)
+    connect(include_dashboard=False)
+    variants = [("lam", v, {"strategy": {"lam": v}}) for v in args.lams] + \
+               [("k", v, {"strategy": {"knn": {"k": v}}}) for v in args.ks] + \
+               [("mix", v, {"strategy": {"mix": v}}) for v in args.mixes]
+    rows = []
+    for name, value, extra in variants:
+        work = os.path.join(args.workdir, f"ablation-{args.protocol}", f"{name}={value}")
+        report = simulate(_plan(protocol, _base(protocol, train, test, extra), ["dm2"], args.seeds, args.rounds),
+                          work, title=f"{args.protocol} DM2 {name}={value}")
+        s = report["summary"]["dm2"]
+        rows.append({"param": name, "value": value, "aubc": s["aubc"], "final_accuracy": s["final_accuracy"]})
+        print(json.dumps(rows[-1]), flush=True)
+    out = {"protocol": args.protocol, "seeds": args.seeds, "rows": rows}
+    C.save(f"ablation_{args.protocol}", out)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, fn in (("run", run), ("ablation", ablation)):
+        q = sub.add_parser(name)
+        q.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
+        q.add_argument("--data-root", default="../shared/data")
+        q.add_argument("--workdir", default="/tmp/raydm2-select")
+        q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        q.add_argument("--rounds", type=int, help="override the protocol's round count (smoke runs)")
+        q.set_defaults(func=fn)
+    sub.choices["run"].add_argument("--strategies", nargs="+", default=ALL, choices=ALL)
+    sub.choices["ablation"].add_argument("--lams", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
+    sub.choices["ablation"].add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
+    sub.choices["ablation"].add_argument("--mixes", nargs="+", default=["random", "mean", "adaptive"])
+    args = p.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
