@@ -11,3 +11,9 @@ $PY benchmarks/train_bench.py --data-root "$DATA"
 $PY benchmarks/acquire_bench.py floor --data-root "$DATA" --arch resnet18
 $PY benchmarks/acquire_bench.py scale --sizes 10000 100000 1000000
 $PY benchmarks/acquire_bench.py summary
+# Selection quality (issue #6 protocols; hours on 2 cores, resumable: re-run to continue).
+for protocol in mnist fashion_mnist cifar10_cpu; do
+  $PY benchmarks/select_bench.py run --protocol "$protocol" --data-root "$DATA"
+done
+$PY benchmarks/select_bench.py ablation --protocol mnist --data-root "$DATA"
+$PY benchmarks/select_bench.py ablation --protocol fashion_mnist --data-root "$DATA"

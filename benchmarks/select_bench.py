@@ -101,7 +101,9 @@ def run(args) -> dict:
            "aubc": {k: v["aubc"] for k, v in summary.items()},
            "final_accuracy": {k: v["final_accuracy"] for k, v in summary.items()},
            "summary": summary, "curves_png": os.path.join(work, "curves.png")}
-    C.save(f"select_{args.protocol}", out)
+    # Only the whole protocol (every strategy, 3+ seeds, all rounds) is saved under the protocol's own name.
+    partial = args.rounds is not None or len(args.seeds) < 3 or sorted(args.strategies) != sorted(ALL)
+    C.save(f"select_{args.protocol}" + ("_partial" if partial else ""), {**out, "partial": partial})
     return out
 
 
