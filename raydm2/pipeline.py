@@ -23,7 +23,8 @@ from raydm2.errors import RayDM2Error
 from raydm2.embed import Embedder, decode_batch, drop_ids, keep_ids
 from raydm2.runtime import ActorPlan, plan_actors
 from raydm2.storage import Location
-from raydm2.strategies.base import AcquireRequest
+from raydm2.select import ranked
+from raydm2.strategies.base import AcquireRequest, AcquireResult
 from raydm2.topk import TopK
 
 
@@ -191,9 +192,6 @@ def merge_top(ds: ray.data.Dataset, keep: int) -> pa.Table | None:
 
 def finish(picked: pa.Table, req: AcquireRequest, watch: Stopwatch, counts: dict, columns=(), **extra):
     """The result of a strategy whose picks are already in selection order."""
-    from raydm2.select import ranked
-    from raydm2.strategies.base import AcquireResult
-
     selection, warnings = ranked(picked, req.budget, list(columns))
     watch.lap("select_s")
     return AcquireResult(selection=selection, counts={**counts, "selected": selection.num_rows},
@@ -213,8 +211,6 @@ class Gatherer:
         for b in ds.select_columns(columns).iter_batches(batch_format="numpy", batch_size=65_536):
             for c in columns:
                 parts[c].append(b[c])
-        if not parts[columns[0]]:
-            return fn(*[np.empty(0) for _ in columns], **kwargs)
         arrays = [np.concatenate(parts[c]) for c in columns]
         # Sort by id so the greedy algorithms' tie-breaks do not depend on block arrival order.
         order = np.argsort(arrays[0], kind="stable")

@@ -74,8 +74,9 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str) -> dict
             "labels": int(project.all_labels(upto=n).num_rows),
             "clean_accuracy": metrics.get("clean_accuracy"),
             "robust_accuracy": metrics.get("robust_accuracy"),
-            "acquire_s": manifest.get("timings", {}).get("total_s", 0.0) if n else 0.0,
-            "train_s": project.manifest(n)["timings"].get("train_s"),
+            # round n's acquisition time (round 0 is the random seed: none)
+            "acquire_s": manifest["timings"].get("total_s", 0.0),
+            "train_s": manifest["timings"].get("train_s"),
         })
         if n < plan.rounds:
             loop.acquire(project)

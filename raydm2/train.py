@@ -65,7 +65,7 @@ def labeled_dataset(config: ProjectConfig, labels: pa.Table, counterpart_uris: l
 def _attach_labels(batch: dict, labels: list) -> dict:
     """Keep the rows whose id has a label and add it; `labels[0]` is the ObjectRef of (sorted ids, labels)."""
     ids, values = ray.get(labels[0])
-    pos = np.clip(np.searchsorted(ids, batch["id"]), 0, max(len(ids) - 1, 0))
+    pos = np.minimum(np.searchsorted(ids, batch["id"]), len(ids) - 1)  # labels are never empty here
     keep = ids[pos] == batch["id"]
     return {"id": batch["id"][keep], "image": batch["image"][keep], "label": values[pos[keep]]}
 

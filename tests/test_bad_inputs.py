@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raydm2 import checkpoint, loop, pool
+from raydm2 import checkpoint, pool
 from raydm2.cli import main as cli
 from raydm2.config import ProjectConfig
 from raydm2.models import ModelSpec
 from raydm2.project import Project
-from tests.helpers import CLASSES, snapshot, trained_project
+from tests.helpers import CLASSES, seeded_project, snapshot, trained_project
 
 CORPUS = os.path.join(os.path.dirname(__file__), "corpus")
 
@@ -50,10 +50,7 @@ BAD_CONFIGS = {
 
 @pytest.fixture
 def seeded(tmp_path, sample_pools):
-    project = Project.create(str(tmp_path / "p"), ProjectConfig(name="t", pool=sample_pools["mnist_train"],
-                                                                classes=CLASSES))
-    loop.seed(project, 10)
-    return project
+    return seeded_project(str(tmp_path / "p"), sample_pools["mnist_train"])
 
 
 def _corpus_label_file(name: str, tmp_path, project) -> str:

@@ -7,31 +7,21 @@ import os
 
 import pytest
 
-from raydm2 import labels, loop
+from raydm2 import labels
 from raydm2.cli import main as cli
-from raydm2.config import ProjectConfig
-from raydm2.project import Project
+from tests.helpers import seeded_project, snapshot
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 @pytest.fixture
 def seeded(tmp_path, sample_pools):
-    project = Project.create(str(tmp_path / "p"), ProjectConfig(name="t", pool=sample_pools["mnist_train"],
-                                                                classes=CLASSES))
-    loop.seed(project, 10)
-    return project
+    return seeded_project(str(tmp_path / "p"), sample_pools["mnist_train"], CLASSES)
 
 
 def truth(project):
     ids, values = labels.oracle(project, 0)
     return [int(i) for i in ids], [int(v) for v in values]
-
-
-def snapshot(project):
-    root = project.loc.path
-    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read()
-            for d, _, files in os.walk(root) for f in files if f != ".lock"}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "labelstudio"])
@@ -102,12 +92,12 @@ def test_bad_label_files_are_refused_and_change_nothing(seeded, tmp_path, capsys
     selected = set(ids)
     other = next(i for i in range(3000) if i not in selected)
     labels.import_labels(seeded, 0, ids[:2], values[:2])
-    before = snapshot(seeded)
+    before = snapshot(seeded.uri)
     path = tmp_path / "bad.csv"
     path.write_text(content.format(id0=ids[5], other=other))
     assert cli(["label", "--project", seeded.uri, "--file", str(path)]) == 2
     assert re_search(message, capsys.readouterr().err)
-    assert snapshot(seeded) == before
+    assert snapshot(seeded.uri) == before
 
 
 def re_search(pattern, text):

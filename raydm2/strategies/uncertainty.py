@@ -29,18 +29,15 @@ def margin(probs: np.ndarray) -> np.ndarray:
     return 1.0 - (top2[:, 1] - top2[:, 0])
 
 
-def _entropy(probs: np.ndarray) -> np.ndarray:
-    return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=-1)
-
-
 def entropy(probs: np.ndarray) -> np.ndarray:
-    return _entropy(probs)
+    """Over the last axis, so it also takes BALD's (T, N, C) draws."""
+    return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=-1)
 
 
 def bald(mc_probs: np.ndarray) -> np.ndarray:
     """Mutual information between prediction and weights from T MC-dropout draws (T, N, C):
     H(mean_t p_t) − mean_t H(p_t)."""
-    return _entropy(mc_probs.mean(axis=0)) - _entropy(mc_probs).mean(axis=0)
+    return entropy(mc_probs.mean(axis=0)) - entropy(mc_probs).mean(axis=0)
 
 
 HEURISTICS = {"least_confidence": least_confidence, "margin": margin, "entropy": entropy}
