@@ -1,7 +1,9 @@
-"""Single-process DM2 with exact brute-force neighbours: the oracle the distributed pipeline is tested against.
+"""Single-process selection: every strategy's computation on in-memory arrays in one process, with exact
+brute-force neighbours for DM2. It is the oracle the distributed pipeline is tested against, and the engine of
+`raydm2 simulate --engine local`, where hundreds of small rounds would otherwise pay Ray's fixed costs each time.
 
-It calls the same formulas (`raydm2.dm2`) and the same finalisation (`raydm2.select`), but holds everything in
-one process's memory: use it for small pools and tests only.
+It calls the same formulas, actor classes and finalisation as the distributed path, but holds everything in one
+process's memory: use it for small pools (tens of thousands of images) only.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raydm2 import pool
+from raydm2 import checkpoint, pool
 from raydm2.dm2 import DM2Params, choose_neighbour, mix, mix_lambda, tau_from, to_tensor, uncertainty, unit
 from raydm2.images import UndecodableImage, decode
 from raydm2.knn import ExactIndex
-from raydm2.models import Classifier
+from raydm2.config import ProjectConfig
+from raydm2.models import Classifier, spec_from_config
 from raydm2.score import candidate_table
 from raydm2.select import finalize
 
@@ -64,3 +67,51 @@ def dm2_select(model: Classifier, ids: np.ndarray, pixels: np.ndarray, params: D
     candidates = candidate_table(ids, score, chosen, lam, conf, chosen_d, nbr_ids, nbr_d)
     selection, _ = finalize(candidates, budget, params.dedupe_radius)
     return selection
+
+
+def select(config: ProjectConfig, checkpoint_uri: str, round_: int, ids: np.ndarray, pixels: np.ndarray,
+           labeled_ids: np.ndarray, labeled_pixels: np.ndarray, labeled_labels: np.ndarray) -> np.ndarray:
+    """The ids `config.strategy` picks from the candidates (ids, NHWC pixels), best first: what the distributed
+    `acquire` selects for the same checkpoint and round, computed with each actor called on one whole batch."""
+    from raydm2.embed import Embedder
+    from raydm2.strategies import alpha_mix, badge, coreset, noise_stability
+    from raydm2.strategies import uncertainty as heuristics
+
+    s, name, b, spec = config.strategy, config.strategy.name, config.strategy.budget, spec_from_config(config)
+    threads = torch.get_num_threads()  # the actors set it process-wide: keep the caller's
+    batch = {"id": ids, "pixels": pixels, "ok": np.ones(len(ids), np.uint8)}
+
+    def picked(table: pa.Table) -> np.ndarray:
+        return table.column("id").to_numpy()
+
+    if name == "dm2":
+        model = checkpoint.load(checkpoint_uri, spec)
+        return picked(dm2_select(model, ids, pixels, DM2Params.from_config(config, round_), b))
+    if name == "badge":
+        g = badge.GradientEmbedder(checkpoint_uri, spec, threads, False)(batch)["g"]
+        return picked(badge.badge(ids, g, b, config.seed, round_))
+    if name == "noise_stability":
+        ns = s.noise_stability
+        out = noise_stability.NoiseScorer(checkpoint_uri, spec, threads, False, ns.draws, ns.scale, config.seed, round_,
+                                          ns.subset_fraction)(batch)
+        return picked(noise_stability.noise_stability(ids, out["diff"], out["considered"], b))
+    if name in ("coreset", "alpha_mix"):
+        embedder = Embedder(checkpoint_uri, spec, threads, False)
+        z = embedder(batch)
+        lab_z = embedder({"id": labeled_ids, "pixels": labeled_pixels,
+                          "ok": np.ones(len(labeled_ids), np.uint8)})["z"]
+        if name == "coreset":
+            return picked(coreset.coreset(ids, z["z"], lab_z, b))
+        head = checkpoint.load(checkpoint_uri, spec).head
+        anchors = alpha_mix.class_means(lab_z, labeled_labels.astype(np.int64), config.num_classes)
+        out = alpha_mix.flips_batch(z, anchors.astype(np.float64), head.weight.detach().double().numpy(),
+                                    head.bias.detach().double().numpy(), s.alpha_cap)
+        return picked(alpha_mix.alpha_mix(ids, out["z"], out["flips"], out["confidence"], b, config.seed, round_))
+    if name == "random":
+        out = heuristics.random_scores(batch, config.seed, round_)
+    elif name == "bald":
+        out = heuristics.BaldScorer(checkpoint_uri, spec, threads, False, samples=s.bald_samples, seed=config.seed,
+                                    round_=round_)(batch)
+    else:
+        out = heuristics.ProbabilityScorer(checkpoint_uri, spec, threads, False, heuristic=name)(batch)
+    return out["id"][np.lexsort((out["id"], -out["score"]))[:b]]

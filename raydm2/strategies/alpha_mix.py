@@ -46,22 +46,26 @@ def prediction_flips(z: np.ndarray, weight: np.ndarray, bias: np.ndarray, anchor
     return flips, pred
 
 
-@ray.remote(num_cpus=0.25)
-def class_anchors(labeled: ray.data.Dataset, labels: pa.Table, num_classes: int) -> np.ndarray:
+def class_means(z: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
     """Mean labeled embedding per class; a class without labels gets the mean of all labeled embeddings
     (as in the authors' code)."""
-    label_of = dict(zip(labels.column("id").to_pylist(), labels.column("label").to_pylist()))
-    sums, counts, total = None, np.zeros(num_classes), None
-    for b in labeled.select_columns(["id", "z"]).iter_batches(batch_format="numpy", batch_size=65_536):
-        z = b["z"].astype(np.float64)
-        if sums is None:
-            sums, total = np.zeros((num_classes, z.shape[1])), np.zeros(z.shape[1])
-        y = np.array([label_of[int(i)] for i in b["id"]])
-        np.add.at(sums, y, z)
-        counts += np.bincount(y, minlength=num_classes)
-        total += z.sum(0)
-    anchors = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], total / counts.sum())
+    z = z.astype(np.float64)
+    sums = np.zeros((num_classes, z.shape[1]))
+    np.add.at(sums, y, z)
+    counts = np.bincount(y, minlength=num_classes)
+    anchors = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], z.mean(0))
     return anchors.astype(np.float32)
+
+
+@ray.remote(num_cpus=0.25)
+def class_anchors(labeled: ray.data.Dataset, labels: pa.Table, num_classes: int) -> np.ndarray:
+    """`class_means` of the labeled rows; a labeled set is budget-sized, so it is held whole."""
+    label_of = dict(zip(labels.column("id").to_pylist(), labels.column("label").to_pylist()))
+    z, y = [], []
+    for b in labeled.select_columns(["id", "z"]).iter_batches(batch_format="numpy", batch_size=65_536):
+        z.append(b["z"])
+        y.append(np.array([label_of[int(i)] for i in b["id"]], np.int64))
+    return class_means(np.concatenate(z), np.concatenate(y), num_classes)
 
 
 def flips_batch(batch: dict, anchors: np.ndarray, weight: np.ndarray, bias: np.ndarray, alpha_cap: float) -> dict:
