@@ -263,9 +263,10 @@ def cmd_simulate(args) -> None:
         if value <= 0:
             raise RayDM2Error(f"{name} must be positive, got {value}")
     plan = SimulationPlan(base=base, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
-                          initial=args.initial, per_round=args.per_round, rounds=args.rounds)
+                          initial=args.initial, per_round=args.per_round, rounds=args.rounds, engine=args.engine)
     os.makedirs(args.out, exist_ok=True)
-    connect()
+    if args.engine == "ray":
+        connect()
     report = simulate(plan, args.out, title=args.title or f"{base.pool} ({', '.join(plan.strategies)})")
     for name, s in sorted(report["summary"].items(), key=lambda kv: -kv[1]["aubc"]["mean"]):
         print(f"{name:18s} AUBC {s['aubc']['mean']:.4f} ± {s['aubc']['std']:.4f}   final accuracy "
@@ -381,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-round", type=int, default=20)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--title")
+    p.add_argument("--engine", choices=["ray", "local"], default="ray",
+                   help="ray: each run is a project trained by Ray Train and acquired by the distributed pipeline; "
+                        "local: the same computation in this process, for quick comparisons on small pools")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="a complete DM2 round on a local Ray cluster over the shipped real sample")

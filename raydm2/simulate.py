@@ -1,10 +1,17 @@
 """Simulated active learning: whole runs with oracle labels from the pool's `label` column, for several
 strategies and seeds, summarised as learning curves and AUBC (SPEC section 8).
 
-Each (strategy, seed) run is an ordinary project under `OUT/runs/<strategy>-seed<seed>/` driven through the same
-`loop.seed / labels.oracle / loop.train / loop.acquire` steps a user runs, so what is measured is the product.
+Two engines run the same rounds:
+- `ray` (default): each (strategy, seed) run is an ordinary project under `OUT/runs/<strategy>-seed<seed>/` driven
+  through the `loop.seed / labels.oracle / loop.train / loop.acquire` steps a user runs, so what is measured is
+  the product, Ray Train and the distributed acquisition included.
+- `local`: the pool and test pool are decoded once into memory and each round runs in this process, training with
+  `train.fit_in_process` (the Ray Train worker's own epoch loop) and selecting with `reference.select` (which the
+  suite proves equal to the distributed acquisition). Selection quality is the same computation; what it saves is
+  Ray's fixed start-up per training and per acquisition, which dominates rounds of 20 labels. Its acquisition
+  seconds are single-process figures, not the pipeline's.
 A finished run leaves `run.json`; re-running `simulate` with the same OUT skips it, and a run that was
-interrupted is started again from scratch (its project folder is replaced).
+interrupted is started again from scratch (its folder is replaced).
 """
 
 from __future__ import annotations
@@ -12,14 +19,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
+from typing import Callable, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from raydm2 import labels, loop, pool
 from raydm2.config import ProjectConfig, validate_config
 from raydm2.errors import RayDM2Error
+from raydm2.hashing import PURPOSE_SEED, uniform
 from raydm2.project import Project
+from raydm2.topk import top_rows
 
 MAX_SEED_ATTEMPTS = 1000
 
@@ -32,6 +44,7 @@ class SimulationPlan:
     initial: int
     per_round: int
     rounds: int
+    engine: Literal["ray", "local"] = "ray"
 
 
 def aubc(labels_count: list[int], accuracy: list[float]) -> float:
@@ -42,47 +55,118 @@ def aubc(labels_count: list[int], accuracy: list[float]) -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
-def seed_covering_classes(project: Project, n: int) -> int:
-    """Seed round 0 with the first salt whose n random picks contain every class (the NoiseStability protocol
-    resamples the initial set until it does). Returns the salt used."""
-    want = set(range(project.config.num_classes))
+def covering_salt(candidates: Callable[[int], np.ndarray], labels_of: Callable[[np.ndarray], np.ndarray],
+                  num_classes: int, n: int) -> int:
+    """The first salt whose random initial set `candidates(salt)` contains every class: the NoiseStability
+    protocol resamples the initial set until it does."""
     for salt in range(MAX_SEED_ATTEMPTS):
-        chosen, _ = loop.seed_candidates(project, n, salt)
-        ids = chosen.column("id").to_numpy()
-        got = set(pool.read_columns(project.config.pool, ["id", "label"], ids).column("label").to_pylist())
-        if want <= got:
-            loop.seed(project, n, salt)
+        if len(set(labels_of(candidates(salt)).tolist())) == num_classes:
             return salt
-    raise RayDM2Error(f"no random initial set of {n} images covers all {len(want)} classes")
+    raise RayDM2Error(f"no random initial set of {n} images covers all {num_classes} classes")
 
 
-def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str) -> dict:
-    data = plan.base.model_dump(mode="json")
-    data.update(name=f"{strategy}-seed{seed}", seed=seed)
-    data["strategy"] = {**data["strategy"], "name": strategy, "budget": plan.per_round}
+def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "PoolArrays | None" = None) -> dict:
+    """One (strategy, seed) run in `folder`; `data` (the decoded pools) is required by the local engine."""
+    config = plan.base.model_dump(mode="json")
+    config.update(name=f"{strategy}-seed{seed}", seed=seed)
+    config["strategy"] = {**config["strategy"], "name": strategy, "budget": plan.per_round}
+    config = validate_config(config, source="simulation settings")
     if os.path.exists(folder):
         shutil.rmtree(folder)
-    project = Project.create(folder, validate_config(data, source="simulation settings"))
-    salt = seed_covering_classes(project, plan.initial)
+    salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
+                  else _run_project(plan, config, folder))
+    return {"strategy": strategy, "seed": seed, "seed_salt": salt, "engine": plan.engine, "rounds": rows,
+            "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
+            "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows])}
+
+
+def _row(n: int, labels_count: int, metrics: dict, acquire_s: float, train_s: float | None) -> dict:
+    # acquire_s is the acquisition that made round n (round 0 is the random seed: none)
+    return {"round": n, "labels": labels_count, "clean_accuracy": metrics.get("clean_accuracy"),
+            "robust_accuracy": metrics.get("robust_accuracy"), "acquire_s": acquire_s, "train_s": train_s}
+
+
+def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str) -> tuple[int, list[dict]]:
+    project = Project.create(folder, config)
+
+    def labels_of(ids: np.ndarray) -> np.ndarray:
+        return pool.read_columns(config.pool, ["id", "label"], ids).column("label").to_numpy()
+
+    salt = covering_salt(lambda salt: loop.seed_candidates(project, plan.initial, salt)[0].column("id").to_numpy(),
+                         labels_of, config.num_classes, plan.initial)
+    loop.seed(project, plan.initial, salt)
     rows = []
     for n in range(plan.rounds + 1):
         labels.import_labels(project, n, *labels.oracle(project, n))
         metrics = loop.train(project, n)
-        manifest = project.manifest(n)
-        rows.append({
-            "round": n,
-            "labels": int(project.all_labels(upto=n).num_rows),
-            "clean_accuracy": metrics.get("clean_accuracy"),
-            "robust_accuracy": metrics.get("robust_accuracy"),
-            # round n's acquisition time (round 0 is the random seed: none)
-            "acquire_s": manifest["timings"].get("total_s", 0.0),
-            "train_s": manifest["timings"].get("train_s"),
-        })
+        timings = project.manifest(n)["timings"]
+        rows.append(_row(n, int(project.all_labels(upto=n).num_rows), metrics, timings.get("total_s", 0.0),
+                         timings.get("train_s")))
         if n < plan.rounds:
             loop.acquire(project)
-    return {"strategy": strategy, "seed": seed, "seed_salt": salt, "rounds": rows,
-            "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
-            "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows])}
+    return salt, rows
+
+
+@dataclass(frozen=True)
+class PoolArrays:
+    """A pool and its test pool decoded into memory (ids sorted), for the local engine."""
+
+    ids: np.ndarray
+    pixels: np.ndarray
+    labels: np.ndarray
+    test_pixels: np.ndarray
+    test_labels: np.ndarray
+
+    @classmethod
+    def load(cls, config: ProjectConfig) -> "PoolArrays":
+        from raydm2.reference import load_unlabeled
+
+        if not config.test_pool:
+            raise RayDM2Error("a simulation needs a test pool to measure accuracy on")
+        def decoded(uri: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            ids, pixels = load_unlabeled(uri, config.image.size, config.image.channels, set())
+            table = pool.read_columns(uri, ["id", "label"], ids).sort_by("id")
+            if table.column("label").null_count:
+                raise RayDM2Error(f"pool {uri!r} has images without a label: the oracle needs them all")
+            return ids, pixels, table.column("label").to_numpy().astype(np.int64)
+
+        ids, pixels, y = decoded(config.pool)
+        _, test_pixels, test_y = decoded(config.test_pool)
+        return cls(ids, pixels, y, test_pixels, test_y)
+
+
+def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: PoolArrays) -> tuple[int, list[dict]]:
+    from raydm2 import checkpoint, reference
+    from raydm2.models import build, spec_from_config
+    from raydm2.train import fit_in_process
+
+    def candidates(salt: int) -> np.ndarray:  # what loop.seed_candidates picks, on the in-memory ids
+        scores = pa.table({"id": data.ids, "score": uniform(data.ids, config.seed, salt, PURPOSE_SEED)})
+        return top_rows(scores, plan.initial).column("id").to_numpy()
+
+    position = {int(i): p for p, i in enumerate(data.ids)}
+    salt = covering_salt(candidates, lambda ids: data.labels[[position[int(i)] for i in ids]], config.num_classes,
+                         plan.initial)
+    labeled = np.isin(data.ids, candidates(salt))
+    spec = spec_from_config(config)
+    rows, acquire_s = [], 0.0
+    for n in range(plan.rounds + 1):
+        started = time.perf_counter()
+        weights, metrics = fit_in_process(config, data.pixels[labeled], data.labels[labeled], data.test_pixels,
+                                          data.test_labels)
+        rows.append(_row(n, int(labeled.sum()), metrics, acquire_s, round(time.perf_counter() - started, 4)))
+        if n == plan.rounds:
+            break
+        model = build(spec)
+        model.load_state_dict(weights)
+        ckpt = os.path.join(folder, f"round-{n:04d}")
+        checkpoint.save(model, spec, ckpt)
+        started = time.perf_counter()
+        picked = reference.select(config, ckpt, n + 1, data.ids[~labeled], data.pixels[~labeled], data.ids[labeled],
+                                  data.pixels[labeled], data.labels[labeled])
+        acquire_s = round(time.perf_counter() - started, 4)
+        labeled |= np.isin(data.ids, picked)
+    return salt, rows
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -150,6 +234,7 @@ def plot(summary: dict, path: str, title: str) -> None:
 def simulate(plan: SimulationPlan, out: str, title: str = "simulation") -> dict:
     """Run every (strategy, seed) not finished yet under `out`; write results.json, results.md, curves.png."""
     runs = []
+    data = None
     for strategy in plan.strategies:
         for seed in plan.seeds:
             folder = os.path.join(out, "runs", f"{strategy}-seed{seed}")
@@ -157,7 +242,9 @@ def simulate(plan: SimulationPlan, out: str, title: str = "simulation") -> dict:
             if os.path.exists(done):
                 runs.append(json.load(open(done)))
                 continue
-            result = run_one(plan, strategy, seed, folder)
+            if plan.engine == "local" and data is None:
+                data = PoolArrays.load(plan.base)
+            result = run_one(plan, strategy, seed, folder, data)
             with open(done + ".tmp", "w") as f:
                 json.dump(result, f, indent=1)
             os.replace(done + ".tmp", done)

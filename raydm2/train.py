@@ -27,7 +27,7 @@ from raydm2.dm2 import to_tensor
 from raydm2.embed import decode_batch
 from raydm2.errors import RayDM2Error
 from raydm2.fgsm import dm2at_loss, fgsm
-from raydm2.models import ModelSpec, build, spec_from_config
+from raydm2.models import ModelSpec, build, select_device, spec_from_config
 
 STATE_FILE = "state.pt"
 
@@ -184,11 +184,37 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ids, x_all, y_all = _load_shard("train")
     if job.shard_log_dir:
         np.save(os.path.join(job.shard_log_dir, f"rank{rank}.npy"), ids)
-    rgb = job.model.channels == 3
-    metrics: dict = {}
+
+    def report(epoch: int, metrics: dict) -> None:
+        metrics = {**metrics, "allreduce_calls": counter.calls, "resumed_from_epoch": resumed_from}
+        last = epoch + 1 == cfg.epochs
+        if last and "test" in loop_config["datasets"]:
+            # Evaluated before the final report so the metrics travel with the final checkpoint.
+            metrics.update(_evaluate(model, cfg.epsilon, device, world))
+        if last or (epoch + 1) % cfg.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank == 0:
+                    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                "epoch": torch.tensor(epoch + 1)}, os.path.join(tmp, STATE_FILE))
+                ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+                ray.train.report(metrics, checkpoint=ckpt)
+        else:
+            ray.train.report(metrics)
+        if job.fail_once_at_epoch == epoch + 1 and job.fail_marker and not os.path.exists(job.fail_marker):
+            open(job.fail_marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception Ray could report
+
+    train_epochs(model, optimizer, x_all, y_all, cfg, job.seed, rank, device, job.model.channels == 3, start_epoch,
+                 report)
+
+
+def train_epochs(model, optimizer, x_all: np.ndarray, y_all: np.ndarray, cfg: TrainConfig, seed: int, rank: int,
+                 device, rgb: bool, start_epoch: int, after_epoch) -> None:
+    """Epochs `start_epoch`..`cfg.epochs` of DM2-AT on (x_all, y_all); `after_epoch(epoch, metrics)` follows
+    each one. Shared by the Ray Train worker and `fit_in_process`, so both train identically."""
     for epoch in range(start_epoch, cfg.epochs):
         # The epoch's randomness depends only on (seed, epoch, rank), so a resumed run repeats it exactly.
-        gen = torch.Generator().manual_seed(job.seed * 1_000_003 + epoch * 1009 + rank)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
         perm = torch.randperm(len(y_all), generator=gen).numpy()
         model.train()
         started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
@@ -207,31 +233,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
             seen += len(idx)
             steps += 1
         elapsed = time.perf_counter() - started
-        metrics = {
+        after_epoch(epoch, {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
             "images_per_s": seen / max(elapsed, 1e-9),
             "steps": steps,
             "train_rows": int(len(y_all)),
-            "allreduce_calls": counter.calls,
-            "resumed_from_epoch": resumed_from,
-        }
-        last = epoch + 1 == cfg.epochs
-        if last and "test" in loop_config["datasets"]:
-            # Evaluated before the final report so the metrics travel with the final checkpoint.
-            metrics.update(_evaluate(model, cfg.epsilon, device, world))
-        if last or (epoch + 1) % cfg.checkpoint_every == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                if rank == 0:
-                    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                                "epoch": torch.tensor(epoch + 1)}, os.path.join(tmp, STATE_FILE))
-                ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-                ray.train.report(metrics, checkpoint=ckpt)
-        else:
-            ray.train.report(metrics)
-        if job.fail_once_at_epoch == epoch + 1 and job.fail_marker and not os.path.exists(job.fail_marker):
-            open(job.fail_marker, "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception Ray could report
+        })
+
+
+def fit_in_process(config: ProjectConfig, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None = None,
+                   y_test: np.ndarray | None = None) -> tuple[dict, dict]:
+    """What `fit` computes with one worker, without Ray Train: (state dict, final metrics). Rows must be sorted
+    by id, as a worker's shard is. No checkpoints between epochs: this is for simulations of many small rounds
+    (`raydm2 simulate --engine local`), where Ray Train's start-up would cost more than the training."""
+    cfg = config.train
+    if cfg.adversarial == "selection":
+        raise RayDM2Error("train.adversarial 'selection' needs stored counterparts: use the ray engine")
+    torch.manual_seed(config.seed)
+    device = select_device(cfg.use_gpu)
+    model = build(spec_from_config(config)).to(device)
+    optimizer = _optimizer(model, cfg)
+    metrics: dict = {}
+    train_epochs(model, optimizer, x, y.astype(np.int64), cfg, config.seed, 0, device, config.image.channels == 3, 0,
+                 lambda _, m: metrics.update(m))
+    if x_test is not None:
+        counts = _accuracy_counts(model, x_test, y_test.astype(np.int64), cfg.epsilon, device)
+        metrics.update(_accuracy_metrics(*counts, cfg.epsilon))
+    model.eval()
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
 
 
 def _evaluate(model, epsilon: float, device, world: int) -> dict:
@@ -239,7 +269,10 @@ def _evaluate(model, epsilon: float, device, world: int) -> dict:
     counts = torch.tensor(_accuracy_counts(model, x_test, y_test, epsilon, device), dtype=torch.float64)
     if world > 1:
         torch.distributed.all_reduce(counts)
-    clean, robust, n = counts.tolist()
+    return _accuracy_metrics(*counts.tolist(), epsilon)
+
+
+def _accuracy_metrics(clean: float, robust: float, n: float, epsilon: float) -> dict:
     return {"clean_accuracy": clean / max(n, 1), "robust_accuracy": robust / max(n, 1), "test_images": int(n),
             "eval_epsilon": epsilon}
 
