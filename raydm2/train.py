@@ -208,6 +208,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
                  report)
 
 
+def even_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """`order` cut into ceil(n / batch_size) batches of near-equal size. A ragged last batch of a few images
+    (100 labels at batch 96 leaves 4) still gets a full-size Adam step, and when it is the epoch's last step the
+    model ends on it: the MNIST protocol's accuracy fell by 10-30 points at exactly those label counts."""
+    steps = -(-len(order) // batch_size)
+    return np.array_split(order, steps) if steps else []
+
+
 def train_epochs(model, optimizer, x_all: np.ndarray, y_all: np.ndarray, cfg: TrainConfig, seed: int, rank: int,
                  device, rgb: bool, start_epoch: int, after_epoch) -> None:
     """Epochs `start_epoch`..`cfg.epochs` of DM2-AT on (x_all, y_all); `after_epoch(epoch, metrics)` follows
@@ -218,8 +226,7 @@ def train_epochs(model, optimizer, x_all: np.ndarray, y_all: np.ndarray, cfg: Tr
         perm = torch.randperm(len(y_all), generator=gen).numpy()
         model.train()
         started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        for s in range(0, len(perm), cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
+        for idx in even_batches(perm, cfg.batch_size):
             xb = to_tensor(x_all[idx])
             if cfg.augment:
                 xb = augment(xb, gen, rgb)

@@ -110,3 +110,14 @@ def test_zero_epsilon_is_exactly_plain_training(test_batch):
     assert plain_loss == zero_loss and all(torch.equal(a, b) for a, b in zip(plain, zero))
     adv_loss, adv = one_step(lambda m: dm2at_loss(m, x, y, 8 / 255, 0.5)[0])
     assert not all(torch.equal(a, b) for a, b in zip(plain, adv))
+
+
+def test_epochs_use_near_equal_batches_not_a_ragged_last_one():
+    from raydm2.train import even_batches
+
+    assert [len(b) for b in even_batches(np.arange(100), 96)] == [50, 50]
+    assert [len(b) for b in even_batches(np.arange(192), 96)] == [96, 96]
+    assert [len(b) for b in even_batches(np.arange(200), 96)] == [67, 67, 66]
+    assert even_batches(np.arange(0), 96) == []
+    order = np.random.default_rng(0).permutation(250)
+    assert np.array_equal(np.concatenate(even_batches(order, 64)), order)  # every row once, order kept
