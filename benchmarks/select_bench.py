@@ -133,11 +133,12 @@ def ablation(args) -> dict:
     rows, done = [], {}  # done: config hash -> summary, since the default value of each parameter is one setting
     for name, value, extra in variants:
         base = _base(protocol, train, test, extra)
-        if base.hash() not in done:
+        key = base.hash()
+        if key not in done:
             work = os.path.join(args.workdir, f"ablation-{args.protocol}-{args.engine}", f"{name}={value}")
             report = simulate(_plan(protocol, base, ["dm2"], args), work, title=f"{args.protocol} DM2 {name}={value}")
-            done[base.hash()] = report["summary"]["dm2"]
-        s = done[base.hash()]
+            done[key] = report["summary"]["dm2"]
+        s = done[key]
         rows.append({"param": name, "value": value, "aubc": s["aubc"], "final_accuracy": s["final_accuracy"]})
         print(json.dumps(rows[-1]), flush=True)
     partial = args.rounds is not None or len(args.seeds) < 3

@@ -18,15 +18,20 @@ from raydm2.project import Project
 from raydm2.topk import TopK
 
 
+def seed_scores(ids: np.ndarray, seed: int, salt: int) -> pa.Table:
+    """(id, score): the hash of (seed, salt, id) that ranks pool images for the random round 0."""
+    return pa.table({"id": ids, "score": uniform(ids, seed, salt, PURPOSE_SEED)})
+
+
 def seed_candidates(project: Project, n: int, salt: int = 0) -> tuple[pa.Table, int]:
-    """The `n` pool ids with the smallest hash of (seed, salt, id), best first, and the pool's row count.
+    """The `n` pool ids with the highest `seed_scores`, best first, and the pool's row count.
     Streams the id column so memory stays O(n) for any pool size."""
     best = TopK(n)
     rows = 0
     for batch in pool.iter_batches(project.config.pool, ["id"]):
         ids = batch.column(0).to_numpy()
         rows += len(ids)
-        best.push(pa.table({"id": ids, "score": uniform(ids, project.config.seed, salt, PURPOSE_SEED)}))
+        best.push(seed_scores(ids, project.config.seed, salt))
     return best.result(), rows
 
 

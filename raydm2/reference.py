@@ -20,6 +20,7 @@ from raydm2.config import ProjectConfig
 from raydm2.models import Classifier, spec_from_config
 from raydm2.score import candidate_table
 from raydm2.select import finalize
+from raydm2.topk import order
 
 
 def load_unlabeled(pool_uri: str, size: int, channels: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +103,7 @@ def select(config: ProjectConfig, checkpoint_uri: str, round_: int, ids: np.ndar
                           "ok": np.ones(len(labeled_ids), np.uint8)})["z"]
         if name == "coreset":
             return picked(coreset.coreset(ids, z["z"], lab_z, b))
-        head = checkpoint.load(checkpoint_uri, spec).head
+        head = embedder.model.head
         anchors = alpha_mix.class_means(lab_z, labeled_labels.astype(np.int64), config.num_classes)
         out = alpha_mix.flips_batch(z, anchors.astype(np.float64), head.weight.detach().double().numpy(),
                                     head.bias.detach().double().numpy(), s.alpha_cap)
@@ -114,4 +115,4 @@ def select(config: ProjectConfig, checkpoint_uri: str, round_: int, ids: np.ndar
                                     round_=round_)(batch)
     else:
         out = heuristics.ProbabilityScorer(checkpoint_uri, spec, threads, False, heuristic=name)(batch)
-    return out["id"][np.lexsort((out["id"], -out["score"]))[:b]]
+    return out["id"][order(out["score"], out["id"])[:b]]

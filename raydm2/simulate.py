@@ -24,12 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Literal
 
 import numpy as np
-import pyarrow as pa
 
 from raydm2 import labels, loop, pool
 from raydm2.config import ProjectConfig, validate_config
 from raydm2.errors import RayDM2Error
-from raydm2.hashing import PURPOSE_SEED, uniform
 from raydm2.project import Project
 from raydm2.topk import top_rows
 
@@ -123,6 +121,7 @@ class PoolArrays:
 
         if not config.test_pool:
             raise RayDM2Error("a simulation needs a test pool to measure accuracy on")
+
         def decoded(uri: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ids, pixels = load_unlabeled(uri, config.image.size, config.image.channels, set())
             table = pool.read_columns(uri, ["id", "label"], ids).sort_by("id")
@@ -141,11 +140,9 @@ def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: P
     from raydm2.train import fit_in_process
 
     def candidates(salt: int) -> np.ndarray:  # what loop.seed_candidates picks, on the in-memory ids
-        scores = pa.table({"id": data.ids, "score": uniform(data.ids, config.seed, salt, PURPOSE_SEED)})
-        return top_rows(scores, plan.initial).column("id").to_numpy()
+        return top_rows(loop.seed_scores(data.ids, config.seed, salt), plan.initial).column("id").to_numpy()
 
-    position = {int(i): p for p, i in enumerate(data.ids)}
-    salt = covering_salt(candidates, lambda ids: data.labels[[position[int(i)] for i in ids]], config.num_classes,
+    salt = covering_salt(candidates, lambda ids: data.labels[np.searchsorted(data.ids, ids)], config.num_classes,
                          plan.initial)
     labeled = np.isin(data.ids, candidates(salt))
     spec = spec_from_config(config)

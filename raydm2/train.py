@@ -267,7 +267,6 @@ def fit_in_process(config: ProjectConfig, x: np.ndarray, y: np.ndarray, x_test: 
     if x_test is not None:
         counts = _accuracy_counts(model, x_test, y_test.astype(np.int64), cfg.epsilon, device)
         metrics.update(_accuracy_metrics(*counts, cfg.epsilon))
-    model.eval()
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
 
 
