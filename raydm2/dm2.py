@@ -66,8 +66,14 @@ def nearest(dist: np.ndarray, cand_ids: np.ndarray, query_ids: np.ndarray, k: in
     k_eff = min(k, dist.shape[1] - int(np.isin(query_ids, cand_ids).any()))
     out_ids = np.empty((len(query_ids), k_eff), np.int64)
     out_d = np.empty((len(query_ids), k_eff), np.float64)
+    if k_eff == 0:
+        return out_ids, out_d
+    # Only candidates at or under a row's k-th smallest distance can be among its k nearest, so sorting just those
+    # (k, or a few more where distances tie) gives the same (distance, id) order as sorting the whole row.
+    kth = np.partition(dist, k_eff - 1, axis=1)[:, k_eff - 1]
     for r in range(len(query_ids)):
-        order = np.lexsort((cand_ids, dist[r]))[:k_eff]
+        short = np.flatnonzero(dist[r] <= kth[r])
+        order = short[np.lexsort((cand_ids[short], dist[r, short]))[:k_eff]]
         out_ids[r] = cand_ids[order]
         out_d[r] = dist[r, order]
     return out_ids, out_d

@@ -1,7 +1,7 @@
 import numpy as np
 import pickle
 
-from raydm2.dm2 import combined_distance, unit
+from raydm2.dm2 import combined_distance, nearest, unit
 from raydm2.knn import ExactIndex, build_ivf, default_ivf_params
 
 
@@ -22,6 +22,19 @@ def test_exact_excludes_self_sorts_and_breaks_ties_by_id():
     assert nbr[0].tolist() == [5, 3, 7] and nbr[1].tolist() == [10, 3, 7]  # 10 and 5 coincide: tie by id
     assert all(i not in row for i, row in zip(ids, nbr))
     assert (np.diff(d, axis=1) >= 0).all()
+
+
+def test_nearest_equals_a_full_sort_by_distance_then_id_under_many_ties():
+    rng = np.random.default_rng(3)
+    dist = rng.integers(0, 4, size=(50, 40)).astype(np.float64)  # 4 values over 40 columns: ties everywhere
+    cand_ids = rng.permutation(1000)[:40]
+    query_ids = np.concatenate([cand_ids[:25], 2000 + np.arange(25)])  # half the queries are candidates too
+    got_i, got_d = nearest(dist, cand_ids, query_ids, 7)
+    for r, q in enumerate(query_ids):
+        row = np.where(cand_ids == q, np.inf, dist[r])
+        want = np.lexsort((cand_ids, row))[:7]
+        assert got_i[r].tolist() == cand_ids[want].tolist()
+        assert got_d[r].tolist() == row[want].tolist()
 
 
 def test_ivf_with_exhaustive_probe_matches_exact():
