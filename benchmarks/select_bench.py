@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -46,6 +47,7 @@ PROTOCOLS: dict[str, dict] = {
                     "settings": {"train": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "batch_size": 128,
                                            "epochs": 200, "use_gpu": True}}},
 }
+LAMS, KS, MIXES = [0.5, 0.6, 0.7, 0.8, 0.9], [5, 10, 20], ["random", "mean", "adaptive"]
 SUBSET = 10_000
 TEST_SUBSET = 2_000
 
@@ -92,6 +94,11 @@ def _plan(protocol: dict, base, strategies, args):
                           per_round=protocol["per_round"], rounds=args.rounds or protocol["rounds"], engine=args.engine)
 
 
+def _workdir_name(prefix: str, args) -> str:
+    """Finished runs are resumed by folder, so runs cut to fewer rounds must not share one with whole runs."""
+    return f"{prefix}-{args.engine}" + (f"-rounds{args.rounds}" if args.rounds else "")
+
+
 def _connect(args) -> None:
     if args.engine == "ray":
         from raydm2.runtime import connect
@@ -103,7 +110,7 @@ def run(args) -> dict:
     from raydm2.simulate import simulate
 
     protocol = PROTOCOLS[args.protocol]
-    work = os.path.join(args.workdir, f"{args.protocol}-{args.engine}")
+    work = os.path.join(args.workdir, _workdir_name(args.protocol, args))
     train, test = pools(protocol["dataset"], args.data_root, args.workdir)
     _connect(args)
     plan = _plan(protocol, _base(protocol, train, test), args.strategies, args)
@@ -113,10 +120,12 @@ def run(args) -> dict:
            "pool_subset": SUBSET, "test_subset": TEST_SUBSET,
            "aubc": {k: v["aubc"] for k, v in summary.items()},
            "final_accuracy": {k: v["final_accuracy"] for k, v in summary.items()},
-           "summary": summary, "curves_png": os.path.join(work, "curves.png")}
+           "summary": summary}
     # Only the whole protocol (every strategy, 3+ seeds, all rounds) is saved under the protocol's own name.
     partial = args.rounds is not None or len(args.seeds) < 3 or sorted(args.strategies) != sorted(ALL)
-    C.save(f"select_{args.protocol}" + ("_partial" if partial else ""), {**out, "partial": partial})
+    name = f"select_{args.protocol}" + ("_partial" if partial else "")
+    C.save(name, {**out, "partial": partial, "curves_png": f"{name}_curves.png"})
+    shutil.copyfile(os.path.join(work, "curves.png"), os.path.join(C.RESULTS, f"{name}_curves.png"))
     return out
 
 
@@ -135,16 +144,21 @@ def ablation(args) -> dict:
         base = _base(protocol, train, test, extra)
         key = base.hash()
         if key not in done:
-            work = os.path.join(args.workdir, f"ablation-{args.protocol}-{args.engine}", f"{name}={value}")
+            work = os.path.join(args.workdir, _workdir_name(f"ablation-{args.protocol}", args), f"{name}={value}")
             report = simulate(_plan(protocol, base, ["dm2"], args), work, title=f"{args.protocol} DM2 {name}={value}")
             done[key] = report["summary"]["dm2"]
         s = done[key]
         rows.append({"param": name, "value": value, "aubc": s["aubc"], "final_accuracy": s["final_accuracy"]})
         print(json.dumps(rows[-1]), flush=True)
-    partial = args.rounds is not None or len(args.seeds) < 3
+    # A partial sweep's file name says how it falls short, so sweeps of different shapes do not overwrite each other.
+    grid = ((args.lams, LAMS), (args.ks, KS), (args.mixes, MIXES))
+    short = [f"rounds{args.rounds}"] if args.rounds else []
+    short += [f"seeds{len(args.seeds)}"] if len(args.seeds) < 3 else []
+    short += [] if all(sorted(got) == sorted(full) for got, full in grid) else ["subset"]
+    partial = bool(short)
     out = {"protocol": args.protocol, "engine": args.engine, "seeds": args.seeds,
            "rounds": args.rounds or protocol["rounds"], "partial": partial, "rows": rows}
-    C.save(f"ablation_{args.protocol}" + ("_partial" if partial else ""), out)
+    C.save("_".join([f"ablation_{args.protocol}", *short] + (["partial"] if partial else [])), out)
     return out
 
 
@@ -163,9 +177,9 @@ def main():
                             "ray: each run a project through Ray Train and the distributed acquisition")
         q.set_defaults(func=fn)
     sub.choices["run"].add_argument("--strategies", nargs="+", default=ALL, choices=ALL)
-    sub.choices["ablation"].add_argument("--lams", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
-    sub.choices["ablation"].add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
-    sub.choices["ablation"].add_argument("--mixes", nargs="+", default=["random", "mean", "adaptive"])
+    sub.choices["ablation"].add_argument("--lams", type=float, nargs="+", default=LAMS)
+    sub.choices["ablation"].add_argument("--ks", type=int, nargs="+", default=KS)
+    sub.choices["ablation"].add_argument("--mixes", nargs="+", default=MIXES)
     args = p.parse_args()
     args.func(args)
 
