@@ -30,6 +30,7 @@ from raydm2.fgsm import dm2at_loss, fgsm
 from raydm2.models import ModelSpec, build, select_device, spec_from_config
 
 STATE_FILE = "state.pt"
+FAULT_POLL_GRACE_S = 5.0  # tests' injected worker death: seconds for the controller to collect queued reports
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics)
         if job.fail_once_at_epoch == epoch + 1 and job.fail_marker and not os.path.exists(job.fail_marker):
             open(job.fail_marker, "w").close()
+            # The controller collects reports when it polls the workers; on 2 busy cores a kill right after
+            # report() could land before the poll that records epoch 1's checkpoint, and the injected fault would
+            # then test a crash with no checkpoint at all. Waiting out a few polls keeps it a crash after one.
+            time.sleep(FAULT_POLL_GRACE_S)
             os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception Ray could report
 
     train_epochs(model, optimizer, x_all, y_all, cfg, job.seed, rank, device, job.model.channels == 3, start_epoch,
