@@ -99,6 +99,15 @@ def _workdir_name(prefix: str, args) -> str:
     return f"{prefix}-{args.engine}" + (f"-rounds{args.rounds}" if args.rounds else "")
 
 
+def _result_name(prefix: str, args, whole_set: bool) -> str:
+    """`prefix` for the whole protocol (3+ seeds, every round, every strategy or setting); a partial run's name says
+    how it falls short, so partial runs of different shapes do not overwrite each other."""
+    short = [f"rounds{args.rounds}"] if args.rounds else []
+    short += [f"seeds{len(args.seeds)}"] if len(args.seeds) < 3 else []
+    short += [] if whole_set else ["subset"]
+    return "_".join([prefix, *short, "partial"]) if short else prefix
+
+
 def _connect(args) -> None:
     if args.engine == "ray":
         from raydm2.runtime import connect
@@ -121,10 +130,8 @@ def run(args) -> dict:
            "aubc": {k: v["aubc"] for k, v in summary.items()},
            "final_accuracy": {k: v["final_accuracy"] for k, v in summary.items()},
            "summary": summary}
-    # Only the whole protocol (every strategy, 3+ seeds, all rounds) is saved under the protocol's own name.
-    partial = args.rounds is not None or len(args.seeds) < 3 or sorted(args.strategies) != sorted(ALL)
-    name = f"select_{args.protocol}" + ("_partial" if partial else "")
-    C.save(name, {**out, "partial": partial, "curves_png": f"{name}_curves.png"})
+    name = _result_name(f"select_{args.protocol}", args, sorted(args.strategies) == sorted(ALL))
+    C.save(name, {**out, "partial": name.endswith("_partial"), "curves_png": f"{name}_curves.png"})
     shutil.copyfile(os.path.join(work, "curves.png"), os.path.join(C.RESULTS, f"{name}_curves.png"))
     return out
 
@@ -150,15 +157,11 @@ def ablation(args) -> dict:
         s = done[key]
         rows.append({"param": name, "value": value, "aubc": s["aubc"], "final_accuracy": s["final_accuracy"]})
         print(json.dumps(rows[-1]), flush=True)
-    # A partial sweep's file name says how it falls short, so sweeps of different shapes do not overwrite each other.
     grid = ((args.lams, LAMS), (args.ks, KS), (args.mixes, MIXES))
-    short = [f"rounds{args.rounds}"] if args.rounds else []
-    short += [f"seeds{len(args.seeds)}"] if len(args.seeds) < 3 else []
-    short += [] if all(sorted(got) == sorted(full) for got, full in grid) else ["subset"]
-    partial = bool(short)
+    name = _result_name(f"ablation_{args.protocol}", args, all(sorted(got) == sorted(full) for got, full in grid))
     out = {"protocol": args.protocol, "engine": args.engine, "seeds": args.seeds,
-           "rounds": args.rounds or protocol["rounds"], "partial": partial, "rows": rows}
-    C.save("_".join([f"ablation_{args.protocol}", *short] + (["partial"] if partial else [])), out)
+           "rounds": args.rounds or protocol["rounds"], "partial": name.endswith("_partial"), "rows": rows}
+    C.save(name, out)
     return out
 
 

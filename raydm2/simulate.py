@@ -63,17 +63,27 @@ def covering_salt(candidates: Callable[[int], np.ndarray], labels_of: Callable[[
     raise RayDM2Error(f"no random initial set of {n} images covers all {num_classes} classes")
 
 
-def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "PoolArrays | None" = None) -> dict:
-    """One (strategy, seed) run in `folder`; `data` (the decoded pools) is required by the local engine."""
+def run_config(plan: SimulationPlan, strategy: str, seed: int) -> ProjectConfig:
     config = plan.base.model_dump(mode="json")
     config.update(name=f"{strategy}-seed{seed}", seed=seed)
     config["strategy"] = {**config["strategy"], "name": strategy, "budget": plan.per_round}
-    config = validate_config(config, source="simulation settings")
+    return validate_config(config, source="simulation settings")
+
+
+def settings_key(plan: SimulationPlan, config: ProjectConfig) -> str:
+    """What a finished run.json must have been run with to be resumed: its config and the plan's round shape."""
+    return f"{config.hash()}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
+
+
+def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "PoolArrays | None" = None) -> dict:
+    """One (strategy, seed) run in `folder`; `data` (the decoded pools) is required by the local engine."""
+    config = run_config(plan, strategy, seed)
     if os.path.exists(folder):
         shutil.rmtree(folder)
     salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
                   else _run_project(plan, config, folder))
-    return {"strategy": strategy, "seed": seed, "seed_salt": salt, "engine": plan.engine, "rounds": rows,
+    return {"strategy": strategy, "seed": seed, "seed_salt": salt, "engine": plan.engine,
+            "settings": settings_key(plan, config), "rounds": rows,
             "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
             "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows])}
 
@@ -237,7 +247,11 @@ def simulate(plan: SimulationPlan, out: str, title: str = "simulation") -> dict:
             folder = os.path.join(out, "runs", f"{strategy}-seed{seed}")
             done = os.path.join(folder, "run.json")
             if os.path.exists(done):
-                runs.append(json.load(open(done)))
+                finished = json.load(open(done))
+                if finished.get("settings") != settings_key(plan, run_config(plan, strategy, seed)):
+                    raise RayDM2Error(f"{folder} finished with other settings than this plan's; "
+                                      "simulate into a new folder, or remove that run to redo it")
+                runs.append(finished)
                 continue
             if plan.engine == "local" and data is None:
                 data = PoolArrays.load(plan.base)

@@ -3,10 +3,12 @@ grows by the budget each round, and the report's AUBC is the area under the reco
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
 from raydm2.config import validate_config
+from raydm2.errors import RayDM2Error
 from raydm2.presets import PRESETS
 from raydm2.simulate import SimulationPlan, aubc, simulate
 
@@ -51,3 +53,7 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
     assert again["summary"] == report["summary"]
     assert stamps == {p: os.path.getmtime(os.path.join(runs_dir, p, "run.json")) for p in stamps}
     assert json.load(open(os.path.join(out, "results.json")))["summary"] == json.loads(json.dumps(report["summary"]))
+    # A finished run is only resumed under the settings it ran with: more rounds, or another λ, must not reuse it.
+    for changed in (replace(plan, rounds=3), replace(plan, base=base.with_overrides({"strategy.lam": 0.6}))):
+        with pytest.raises(RayDM2Error, match="other settings"):
+            simulate(changed, out, title="sample")
