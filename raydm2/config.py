@@ -21,7 +21,7 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["small_cnn", "resnet18", "mobilenet_v2", "vgg16_bn"] = "small_cnn"
+    arch: Literal["small_cnn", "resnet8", "resnet20", "resnet18", "mobilenet_v2", "vgg16_bn"] = "small_cnn"
     # 3x3 stem without max-pool, for 32x32 inputs (SPEC section 4).
     cifar_stem: bool = True
     dropout: float = Field(0.25, ge=0.0, lt=1.0)

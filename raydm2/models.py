@@ -91,6 +91,32 @@ def _resnet18(spec: ModelSpec) -> tuple[nn.Module, int, int]:
     return net, 512, 3
 
 
+def _cifar_resnet(depth: int) -> Callable[[ModelSpec], tuple[nn.Module, int, int]]:
+    """He et al.'s CIFAR ResNet (depth 6n+2: three stages of n basic blocks at 16, 32, 64 channels). At 32x32
+    ResNet-20 costs about 1/14 of ResNet-18's multiply-adds and ResNet-8 about 1/45, so CIFAR rounds fit a CPU."""
+    from torchvision.models.resnet import BasicBlock
+
+    blocks_per_stage = (depth - 2) // 6
+
+    def build_body(spec: ModelSpec) -> tuple[nn.Module, int, int]:
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                                   nn.ReLU(inplace=True)]
+        width = 16
+        for stage, planes in enumerate((16, 32, 64)):
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                shortcut = None
+                if stride != 1 or width != planes:
+                    shortcut = nn.Sequential(nn.Conv2d(width, planes, 1, stride=stride, bias=False),
+                                             nn.BatchNorm2d(planes))
+                layers.append(BasicBlock(width, planes, stride, shortcut))
+                width = planes
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return nn.Sequential(*layers), width, 3
+
+    return build_body
+
+
 def _mobilenet_v2(spec: ModelSpec) -> tuple[nn.Module, int, int]:
     from torchvision.models import mobilenet_v2
 
@@ -111,6 +137,8 @@ def _vgg16_bn(spec: ModelSpec) -> tuple[nn.Module, int, int]:
 REGISTRY: dict[str, Callable[[ModelSpec], tuple[nn.Module, int, int]]] = {
     "small_cnn": _small_cnn,
     "resnet18": _resnet18,
+    "resnet20": _cifar_resnet(20),
+    "resnet8": _cifar_resnet(8),
     "mobilenet_v2": _mobilenet_v2,
     "vgg16_bn": _vgg16_bn,
 }

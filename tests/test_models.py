@@ -1,0 +1,50 @@
+"""The model registry's CIFAR ResNets: the depth their name promises, and real CIFAR images they can fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raydm2 import pool
+from raydm2.dm2 import to_tensor
+from raydm2.images import decode
+from raydm2.models import ModelSpec, build
+
+
+def weighted_layers(model: nn.Module) -> int:
+    """Convolutions and linear layers on the main path; 1x1 projection shortcuts are not counted in a ResNet's depth."""
+    return sum(1 for m in model.modules()
+               if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)))
+
+
+@pytest.mark.parametrize("depth", [8, 20])
+def test_cifar_resnet_has_the_depth_of_its_name(depth):
+    model = build(ModelSpec(f"resnet{depth}", 10, 3, 32))
+    assert weighted_layers(model) == depth
+    assert model.feature_dim == 64
+    assert model.features(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+
+
+def test_cifar_resnet_takes_grey_images_too():
+    model = build(ModelSpec("resnet8", 10, 1, 28))
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_resnet8_fits_a_batch_of_real_cifar_images(sample_pools):
+    table = pool.read_columns(sample_pools["cifar_train"], ["id", "image", "label"]).sort_by("id").slice(0, 32)
+    x = to_tensor(np.stack([decode(b, 32, 3) for b in table.column("image").to_pylist()]))
+    y = torch.tensor(table.column("label").to_numpy())
+    torch.manual_seed(0)
+    model = build(ModelSpec("resnet8", 10, 3, 32, dropout=0.0))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(40):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean() >= 0.9
