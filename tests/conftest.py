@@ -44,18 +44,16 @@ def ray_cluster():
 def trained_checkpoint(sample_pools, tmp_path_factory):
     """A real small CNN trained for two epochs on the first 1,000 sample images (plain PyTorch, ~10 s), saved in
     the checkpoint format acquisition loads. Ray Train training is tested on its own in test_train.py."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from raydm2 import checkpoint, pool
+    from helpers import first_images
+    from raydm2 import checkpoint
     from raydm2.dm2 import to_tensor
-    from raydm2.images import decode
     from raydm2.models import ModelSpec, build
 
-    table = pool.read_columns(sample_pools["mnist_train"], ["id", "image", "label"]).sort_by("id").slice(0, 1000)
-    x = np.stack([decode(b, 28, 1) for b in table.column("image").to_pylist()])
-    y = torch.from_numpy(table.column("label").to_numpy())
+    x, labels = first_images(sample_pools["mnist_train"], 1000, 28, 1)
+    y = torch.from_numpy(labels)
     torch.manual_seed(0)
     spec = ModelSpec("small_cnn", 10, 1, 28)
     model = build(spec)

@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from raydm2 import loop
+from raydm2 import loop, pool
 from raydm2.config import ProjectConfig
+from raydm2.images import decode
 from raydm2.project import Project
 
 CLASSES = [str(i) for i in range(10)]
@@ -58,3 +59,10 @@ def cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
 
 def label_table(ids: np.ndarray, labels: np.ndarray) -> pa.Table:
     return pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64())})
+
+
+def first_images(pool_uri: str, n: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's first n images by id, decoded (N, H, W, C uint8), and their labels (int64)."""
+    table = pool.read_columns(pool_uri, ["id", "image", "label"]).sort_by("id").slice(0, n)
+    pixels = np.stack([decode(b, size, channels) for b in table.column("image").to_pylist()])
+    return pixels, table.column("label").to_numpy().astype(np.int64)

@@ -1,23 +1,29 @@
-"""The model registry's CIFAR ResNets: the depth their name promises, and real CIFAR images they can fit."""
+"""The model registry: in step with the config's choices; CIFAR ResNets of the depth their name promises, which fit
+real CIFAR images."""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import get_args
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydm2 import pool
+from helpers import first_images
+from raydm2.config import ModelConfig
 from raydm2.dm2 import to_tensor
-from raydm2.images import decode
-from raydm2.models import ModelSpec, build
+from raydm2.models import REGISTRY, ModelSpec, build
 
 
 def weighted_layers(model: nn.Module) -> int:
     """Convolutions and linear layers on the main path; 1x1 projection shortcuts are not counted in a ResNet's depth."""
     return sum(1 for m in model.modules()
                if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)))
+
+
+def test_every_architecture_a_config_accepts_is_registered_and_the_reverse():
+    assert set(get_args(ModelConfig.model_fields["arch"].annotation)) == set(REGISTRY)
 
 
 @pytest.mark.parametrize("depth", [8, 20])
@@ -34,9 +40,8 @@ def test_cifar_resnet_takes_grey_images_too():
 
 
 def test_resnet8_fits_a_batch_of_real_cifar_images(sample_pools):
-    table = pool.read_columns(sample_pools["cifar_train"], ["id", "image", "label"]).sort_by("id").slice(0, 32)
-    x = to_tensor(np.stack([decode(b, 32, 3) for b in table.column("image").to_pylist()]))
-    y = torch.tensor(table.column("label").to_numpy())
+    pixels, labels = first_images(sample_pools["cifar_train"], 32, 32, 3)
+    x, y = to_tensor(pixels), torch.from_numpy(labels)
     torch.manual_seed(0)
     model = build(ModelSpec("resnet8", 10, 3, 32, dropout=0.0))
     opt = torch.optim.Adam(model.parameters(), 1e-2)
