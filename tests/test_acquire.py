@@ -10,7 +10,6 @@ from raydm2.acquire import AcquireOptions, acquire
 from raydm2.config import ProjectConfig
 from raydm2.dm2 import DM2Params, mix, to_tensor
 from raydm2.errors import RayDM2Error
-from raydm2.images import encode_png
 from raydm2.models import ModelSpec, build
 from raydm2.reference import dm2_select, load_unlabeled
 
@@ -84,22 +83,6 @@ def test_mixing_with_another_class_lowers_confidence(sample_pools, trained_check
         other = conf_of_class(mix(ones, zeros, np.full(20, 0.8)), 1)
     assert other.mean() < base.mean()
     assert other.mean() < same.mean()
-
-
-def test_edge_cases_small_pool(ray_cluster, tmp_path, sample_pools, trained_checkpoint):
-    """k larger than the pool, B larger than the pool, labeled ids excluded, undecodable images skipped."""
-    src = pool.read_columns(sample_pools["mnist_train"], ["image"]).slice(1000, 12).column("image").to_pylist()
-    uri = str(tmp_path / "pool")
-    ids = pool.append(uri, src + [b"\x89PNG\r\n\x1a\n broken", b"", encode_png(np.zeros((5, 5), np.uint8))])
-    labeled = ids[:2]
-    cfg = config(uri, budget=100, knn={"k": 50, "mode": "exact"})
-    result = acquire(cfg, trained_checkpoint, 1, labeled, opts=AcquireOptions(actors=1))
-    sel = result.selection.to_pandas()
-    assert result.counts["skipped_undecodable"] == 3
-    assert result.counts["candidates"] == 10 and len(sel) == 10
-    assert set(sel.id) == set(ids[2:12].tolist())
-    assert not sel.neighbor_id.isin(labeled).any() and (sel.id != sel.neighbor_id).all()
-    assert any("exceeds" in w for w in result.warnings)
 
 
 def test_empty_pool_is_a_clear_error(ray_cluster, sample_pools, trained_checkpoint):

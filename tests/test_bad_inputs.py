@@ -163,22 +163,29 @@ def test_diverged_model_is_refused_and_the_round_is_not_left_behind(ray_cluster,
     assert project.round_ids() == [0]
 
 
-def test_unusable_images_are_skipped_and_counted(ray_cluster, tmp_path, sample_pools, trained_checkpoint):
+def test_unusable_images_are_skipped_and_a_pool_smaller_than_k_and_budget_is_all_selected(
+        ray_cluster, tmp_path, sample_pools, trained_checkpoint):
+    """Real unusable files ingested with the folder reader, in a pool of 12 good images where k = 50 and
+    B = 100 both exceed what is selectable: every good image not labeled is picked, with a warning."""
     pool_uri = str(tmp_path / "pool")
-    good = pool.read_columns(sample_pools["mnist_train"], ["image"]).column("image").to_pylist()[:300]
+    good = pool.read_columns(sample_pools["mnist_train"], ["image"]).column("image").to_pylist()[1000:1012]
     pool.append(pool_uri, good)
     bad_dir = tmp_path / "bad"
     shutil.copytree(os.path.join(CORPUS, "images"), bad_dir)
     assert cli(["ingest", "folder", "--root", str(bad_dir), "--out", pool_uri]) == 0
     bad = len(os.listdir(bad_dir))
-    project = trained_project(str(tmp_path / "p"), pool_uri, trained_checkpoint)
+    project = trained_project(str(tmp_path / "p"), pool_uri, trained_checkpoint, seed_n=4, budget=100,
+                              knn={"k": 50, "mode": "exact"})
     assert cli(["acquire", "--project", project.uri, "--actors", "1"]) == 0
-    bad_ids = np.arange(300, 300 + bad)
+    good_ids, bad_ids = np.arange(len(good)), np.arange(len(good), len(good) + bad)
     seeded = project.selected_ids(before=1)
-    counts = project.manifest(1)["counts"]
-    assert counts["skipped_undecodable"] == bad - np.isin(bad_ids, seeded).sum() > 0
-    assert counts["candidates"] == 300 - (~np.isin(seeded, bad_ids)).sum()
-    assert not np.isin(project.selection(1).column("id").to_numpy(), bad_ids).any()
+    manifest = project.manifest(1)
+    assert manifest["counts"]["skipped_undecodable"] == bad - np.isin(bad_ids, seeded).sum() > 0
+    assert manifest["counts"]["candidates"] == len(good) - np.isin(good_ids, seeded).sum()
+    sel = project.selection(1).to_pandas()
+    assert set(sel.id) == set(good_ids) - set(seeded.tolist())
+    assert not sel.neighbor_id.isin(seeded).any() and (sel.id != sel.neighbor_id).all()
+    assert any("exceeds" in w for w in manifest["warnings"])
 
 
 def test_no_code_path_unpickles_project_files():

@@ -92,7 +92,9 @@ def test_file_uri_pool(tmp_path):
 
 # ---- bad input: one clear error each, nothing stored changes ------------------------------------------------
 def _snapshot(path):
-    return {p: open(os.path.join(path, p), "rb").read() for p in sorted(os.listdir(path))} if os.path.exists(path) else {}
+    if not os.path.exists(path):
+        return {}
+    return {p: open(os.path.join(path, p), "rb").read() for p in sorted(os.listdir(path))}
 
 
 def test_missing_idx_file(tmp_path, capsys):
