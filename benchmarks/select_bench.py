@@ -38,7 +38,8 @@ PROTOCOLS: dict[str, dict] = {
     "fashion_mnist": {"dataset": "fashion_mnist", "preset": "fashion_mnist", "initial": 20, "per_round": 50,
                       "rounds": 10,
                       "settings": {"train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 96, "epochs": 30}}},
-    # ResNet-8 rather than the preset's ResNet-18: 1/45 of the multiply-adds, so 30 runs take hours, not days, on 2 cores.
+    # ResNet-8 rather than the preset's ResNet-18: 1/45 of the multiply-adds, so 30 runs take hours, not days,
+    # on 2 cores.
     "cifar10_cpu": {"dataset": "cifar10", "preset": "cifar10", "initial": 250, "per_round": 250, "rounds": 6,
                     "settings": {"model": {"arch": "resnet8"},
                                  "train": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
