@@ -4,6 +4,7 @@
     python benchmarks/acquire_bench.py floor --data-root ../shared/data --arch small_cnn
     python benchmarks/acquire_bench.py knn   --data-root ../shared/data
     python benchmarks/acquire_bench.py scale --sizes 10000 100000 1000000
+    python benchmarks/acquire_bench.py startup --data-root ../shared/data
 
 Each writes benchmarks/results/acquire_<part>.json; `summary` merges the headline keys into acquire.json.
 """
@@ -197,6 +198,35 @@ def scale(args) -> dict:
     return out
 
 
+def startup(args) -> dict:
+    """A small acquisition is mostly fixed cost. Times whole DM2 acquisitions of an `--n`-image pool with Ray
+    Data's Parquet reader V1 (what runtime.connect selects) and V2 (Ray 2.60's default), alternating, after one
+    untimed warm-up acquisition that starts the cluster's workers."""
+    import ray.data
+
+    from raydm2 import runtime
+    from raydm2.acquire import AcquireOptions, acquire
+
+    work = tempfile.mkdtemp(prefix="startup-")
+    pool_uri = C.mnist_pool(args.data_root, args.workdir or work, args.n)
+    ckpt = C.random_checkpoint("small_cnn", 1, 28, os.path.join(work, "ckpt"))
+    runtime.connect(include_dashboard=False)
+    cfg = _config(pool_uri, "small_cnn", 1, 28, 25, 256, mode="exact")
+    ctx = ray.data.DataContext.get_current()
+    runs = {"v1": [], "v2": []}
+    acquire(cfg, ckpt, 1, np.empty(0, np.int64), opts=AcquireOptions())
+    for _ in range(args.repeats):
+        for reader in ("v2", "v1"):
+            ctx.use_datasource_v2 = reader == "v2"
+            total, result = C.seconds(acquire, cfg, ckpt, 1, np.empty(0, np.int64), opts=AcquireOptions())
+            runs[reader].append({"total_s": total, **result.timings})
+            print(reader, json.dumps(runs[reader][-1]), flush=True)
+    out = {"images": args.n, "repeats": args.repeats, "runs": runs,
+           **{f"{r}_median_total_s": float(np.median([x["total_s"] for x in xs])) for r, xs in runs.items()}}
+    C.save("acquire_startup", out)
+    return out
+
+
 def summary(args) -> dict:
     def load(name):
         path = os.path.join(C.RESULTS, f"{name}.json")
@@ -236,6 +266,12 @@ def main():
     q.add_argument("--n", type=int, required=True)
     q.add_argument("--workdir", required=True)
     q.set_defaults(func=scale_one)
+    q = sub.add_parser("startup")
+    q.add_argument("--data-root", default="../shared/data")
+    q.add_argument("--n", type=int, default=2000)
+    q.add_argument("--repeats", type=int, default=3)
+    q.add_argument("--workdir")
+    q.set_defaults(func=startup)
     q = sub.add_parser("summary")
     q.set_defaults(func=summary)
     args = p.parse_args()
