@@ -205,7 +205,7 @@ def startup(args) -> dict:
     import ray.data
 
     from raydm2 import runtime
-    from raydm2.acquire import AcquireOptions, acquire
+    from raydm2.acquire import acquire
 
     work = tempfile.mkdtemp(prefix="startup-")
     pool_uri = C.mnist_pool(args.data_root, args.workdir or work, args.n)
@@ -214,11 +214,12 @@ def startup(args) -> dict:
     cfg = _config(pool_uri, "small_cnn", 1, 28, 25, 256, mode="exact")
     ctx = ray.data.DataContext.get_current()
     runs = {"v1": [], "v2": []}
-    acquire(cfg, ckpt, 1, np.empty(0, np.int64), opts=AcquireOptions())
+    unlabeled_pool = (cfg, ckpt, 1, np.empty(0, np.int64))
+    acquire(*unlabeled_pool)
     for _ in range(args.repeats):
         for reader in ("v2", "v1"):
             ctx.use_datasource_v2 = reader == "v2"
-            total, result = C.seconds(acquire, cfg, ckpt, 1, np.empty(0, np.int64), opts=AcquireOptions())
+            total, result = C.seconds(acquire, *unlabeled_pool)
             runs[reader].append({"total_s": total, **result.timings})
             print(reader, json.dumps(runs[reader][-1]), flush=True)
     out = {"images": args.n, "repeats": args.repeats, "runs": runs,
