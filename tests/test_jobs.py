@@ -3,6 +3,7 @@ the complete label loop. The cluster is stopped through its own process group, n
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,12 +32,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def job_cluster(tmp_path_factory):
+def job_auth_headers() -> dict[str, str]:
+    """The job cluster runs with token authentication like cluster.yaml, on its own token: Ray 2.60's first local
+    `ray.init()` writes ~/.ray/auth_token and `ray start` then turns token mode on by itself, so a cluster left to
+    its defaults needs a token or not depending on which tests ran before."""
+    return {"Authorization": f"Bearer {secrets.token_hex(32)}"}
+
+
+@pytest.fixture(scope="module")
+def job_cluster(tmp_path_factory, job_auth_headers):
     temp = tmp_path_factory.mktemp("raytmp")
     dash = free_port()
     bin_dir = os.path.dirname(sys.executable)
     # As if started from the activated environment: job entrypoints' `python` is this interpreter.
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": job_auth_headers["Authorization"].removeprefix("Bearer ")}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [os.path.join(bin_dir, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
@@ -51,7 +61,7 @@ def job_cluster(tmp_path_factory):
     deadline = time.time() + 120
     while True:
         try:
-            client = JobSubmissionClient(address)
+            client = JobSubmissionClient(address, headers=job_auth_headers)
             client.list_jobs()
             break
         except Exception:
