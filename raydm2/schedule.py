@@ -4,13 +4,19 @@ A round job for project P that will produce round N is always `raydm2-P-N`; a re
 checkpoint on UTC day D is `raydm2-P-requery-T-D`. A repeated submission (cron firing twice, a retry after a
 network error) finds the existing job and does nothing. While any job of the project is still pending or
 running, nothing new is submitted.
+
+Ray's dashboard now and then closes a connection without answering on a busy head node (once in CI on 2 cores,
+mid-submission). A call that got no answer is tried again a few times; the deterministic id makes a repeated
+submission safe even when the dropped attempt had already created the job.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import yaml
 
@@ -18,7 +24,14 @@ from raydm2.errors import RayDM2Error
 from raydm2.project import Project
 
 ACTIVE = {"PENDING", "RUNNING"}
+DASHBOARD_ATTEMPTS = 3
+DASHBOARD_RETRY_WAIT_S = 5.0
+T = TypeVar("T")
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class DashboardUnreachableError(RayDM2Error):
+    """The Ray dashboard gave no answer to a job API call, however often it was tried."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ def schedule_once(client, project: Project, job: str = "round", entrypoint_args:
     if sid is None:
         return Decision(None, False, why)
     prefix = f"raydm2-{project.config.name}-"
-    for job in client.list_jobs():
+    for job in _answered(client, "listing jobs", lambda attempt: client.list_jobs()):
         job_id = job.submission_id or ""
         status = str(getattr(job.status, "value", job.status))
         if job_id == sid:
@@ -75,13 +88,35 @@ def schedule_once(client, project: Project, job: str = "round", entrypoint_args:
         if job_id.startswith(prefix) and status in ACTIVE:
             return Decision(sid, False, f"previous job {job_id} of this project is still {status}")
     entrypoint = " ".join(["python", f"jobs/{job}.py", "--project", project.uri, *(entrypoint_args or [])])
-    try:
-        client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env())
-    except RuntimeError as exc:  # a concurrent scheduler submitted the same id first
-        if "already exists" in str(exc):
-            return Decision(sid, False, f"{sid} was already submitted")
-        raise
-    return Decision(sid, True, f"submitted {sid}: {entrypoint}")
+
+    def submit(attempt: int) -> Decision:
+        try:
+            client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env())
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):
+                raise
+            if attempt > 1:  # the earlier attempt whose answer was lost created it
+                return Decision(sid, True, f"submitted {sid} (the dashboard lost the first answer): {entrypoint}")
+            return Decision(sid, False, f"{sid} was already submitted")  # a concurrent scheduler was first
+        return Decision(sid, True, f"submitted {sid}: {entrypoint}")
+
+    return _answered(client, f"submitting {sid}", submit)
+
+
+def _answered(client, what: str, call: Callable[[int], T]) -> T:
+    """call(attempt) until the dashboard answers; attempt > 1 means an earlier call got no answer."""
+    import requests  # a dependency of ray[default], which JobSubmissionClient needs anyway
+
+    for attempt in range(1, DASHBOARD_ATTEMPTS + 1):
+        try:
+            return call(attempt)
+        except requests.ConnectionError as exc:
+            if attempt == DASHBOARD_ATTEMPTS:
+                raise DashboardUnreachableError(
+                    f"the Ray dashboard at {client.get_address()} did not answer {what} "
+                    f"in {DASHBOARD_ATTEMPTS} attempts: {exc}") from exc
+            time.sleep(DASHBOARD_RETRY_WAIT_S)
+    raise AssertionError("DASHBOARD_ATTEMPTS must be at least 1")
 
 
 def parse_interval(text: str) -> float:
@@ -96,11 +131,15 @@ def parse_interval(text: str) -> float:
 
 
 def run_every(client, project_uri: str, interval_s: float, job: str = "round", stop_after: int | None = None) -> None:
-    """Check every `interval_s`; the project is re-read each time so new labels are seen."""
+    """Check every `interval_s`; the project is re-read each time so new labels are seen. A dashboard that does
+    not answer (a head node restarting) costs one tick, not the scheduler."""
     ticks = 0
     while stop_after is None or ticks < stop_after:
-        decision = schedule_once(client, Project.open(project_uri), job)
-        print(time.strftime("%Y-%m-%d %H:%M:%S"), decision.reason, flush=True)
+        try:
+            reason = schedule_once(client, Project.open(project_uri), job).reason
+        except DashboardUnreachableError as exc:
+            reason = f"skipped: {exc}"
+        print(time.strftime("%Y-%m-%d %H:%M:%S"), reason, flush=True)
         ticks += 1
         if stop_after is None or ticks < stop_after:
             time.sleep(interval_s)
