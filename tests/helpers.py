@@ -32,9 +32,9 @@ def trained_project(path: str, pool_uri: str, checkpoint_dir: str, seed_n: int =
     return project
 
 
-def seeded_project(path: str, pool_uri: str, classes: list[str] = CLASSES, n: int = 10) -> Project:
+def seeded_project(path: str, pool_uri: str, classes: list[str] = CLASSES, n: int = 10, name: str = "t") -> Project:
     """A project whose round 0 selected `n` random images (no labels yet)."""
-    project = Project.create(path, ProjectConfig(name="t", pool=pool_uri, classes=classes))
+    project = Project.create(path, ProjectConfig(name=name, pool=pool_uri, classes=classes))
     loop.seed(project, n)
     return project
 

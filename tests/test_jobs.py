@@ -17,12 +17,13 @@ import pytest
 import requests
 import yaml
 
-from raydm2 import labels, loop, pool
+from raydm2 import labels, pool
 from raydm2.images import decode
 from raydm2.cli import main as cli
 from raydm2.config import ProjectConfig
 from raydm2.project import Project
 from raydm2.schedule import run_every, schedule_once
+from tests.helpers import seeded_project
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,6 +163,13 @@ def test_full_loop_with_a_round_submitted_as_a_ray_job(job_cluster, ray_cluster,
     job_cluster.stop_job(requery.submission_id)  # only the submission is under test here
 
 
+def ready_for_round_1(path: str, pool_uri: str, name: str) -> Project:
+    """A project whose random round 0 is labeled, so its next round job can be submitted."""
+    project = seeded_project(path, pool_uri, n=20, name=name)
+    labels.import_labels(project, 0, *labels.oracle(project, 0))
+    return project
+
+
 class AnswerLosingRelay:
     """A TCP relay in front of the real dashboard that lets the first `POST /api/jobs/` reach it, waits for the
     dashboard's answer and closes both connections instead of passing the answer on: the dropped connection
@@ -215,10 +223,7 @@ def test_a_submission_whose_answer_was_lost_is_retried_and_lands_once(job_cluste
                                                                      sample_pools):
     from ray.job_submission import JobSubmissionClient
 
-    project = Project.create(str(tmp_path / "proj"), ProjectConfig(
-        name="lost", pool=sample_pools["mnist_train"], classes=[str(i) for i in range(10)]))
-    loop.seed(project, 20)
-    labels.import_labels(project, 0, *labels.oracle(project, 0))
+    project = ready_for_round_1(str(tmp_path / "proj"), sample_pools["mnist_train"], "lost")
     relay = AnswerLosingRelay(job_cluster.get_address())
     try:
         decision = schedule_once(JobSubmissionClient(relay.address, headers=job_auth_headers), project)
@@ -234,10 +239,7 @@ def test_the_scheduler_outlives_a_dashboard_that_stopped_answering(job_cluster, 
                                                                   sample_pools, capsys):
     from ray.job_submission import JobSubmissionClient
 
-    project = Project.create(str(tmp_path / "proj"), ProjectConfig(
-        name="gone", pool=sample_pools["mnist_train"], classes=[str(i) for i in range(10)]))
-    loop.seed(project, 20)
-    labels.import_labels(project, 0, *labels.oracle(project, 0))
+    project = ready_for_round_1(str(tmp_path / "proj"), sample_pools["mnist_train"], "gone")
     relay = AnswerLosingRelay(job_cluster.get_address())
     client = JobSubmissionClient(relay.address, headers=job_auth_headers)
     relay.close()
