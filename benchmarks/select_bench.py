@@ -10,7 +10,9 @@ round evaluates clean and FGSM accuracy, and on 2 cores the full 10,000 cost mor
 uses the shared subset (10,000 train, 2,000 test). On the local engine DM2's neighbours are exact (the reference's
 brute-force combined distance); the ray engine picks exact or IVF by `strategy.knn.mode` as a user's pool would.
 `cifar10_gpu` records the paper's GPU settings; it is documented, not run on the 2-core machine. Each run is
-resumable: finished (strategy, seed) runs are kept under --workdir and skipped when the command is repeated.
+resumable: the record of every finished (strategy, seed) run is kept under --records (default
+benchmarks/results/runs, committed with the results) and skipped when the command is repeated, on this machine or
+another, so a protocol longer than one sitting is finished in several. Scratch files stay under --workdir.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ PROTOCOLS: dict[str, dict] = {
 LAMS, KS, MIXES = [0.5, 0.6, 0.7, 0.8, 0.9], [5, 10, 20], ["random", "mean", "adaptive"]
 SUBSET = 10_000
 TEST_SUBSET = 2_000
+RECORDS = os.path.join(C.RESULTS, "runs")
 
 
 def pools(dataset: str, data_root: str, workdir: str) -> tuple[str, str]:
@@ -97,7 +100,7 @@ def _plan(protocol: dict, base, strategies, args):
 
 
 def _workdir_name(prefix: str, args) -> str:
-    """Finished runs are resumed by folder, so runs cut to fewer rounds must not share one with whole runs."""
+    """Scratch and records folder of a protocol; runs cut to fewer rounds keep their own."""
     return f"{prefix}-{args.engine}" + (f"-rounds{args.rounds}" if args.rounds else "")
 
 
@@ -121,11 +124,13 @@ def run(args) -> dict:
     from raydm2.simulate import simulate
 
     protocol = PROTOCOLS[args.protocol]
-    work = os.path.join(args.workdir, _workdir_name(args.protocol, args))
+    folder = _workdir_name(args.protocol, args)
+    work = os.path.join(args.workdir, folder)
     train, test = pools(protocol["dataset"], args.data_root, args.workdir)
     _connect(args)
     plan = _plan(protocol, _base(protocol, train, test), args.strategies, args)
-    report = simulate(plan, work, title=f"{args.protocol}: {len(args.seeds)} seeds")
+    report = simulate(plan, work, title=f"{args.protocol}: {len(args.seeds)} seeds",
+                      records=os.path.join(args.records, folder))
     summary = report["summary"]
     out = {"protocol": args.protocol, "engine": args.engine, "settings": protocol, "seeds": args.seeds,
            "pool_subset": SUBSET, "test_subset": TEST_SUBSET,
@@ -148,13 +153,18 @@ def ablation(args) -> dict:
     variants = [("lam", v, {"strategy": {"lam": v}}) for v in args.lams] + \
                [("k", v, {"strategy": {"knn": {"k": v}}}) for v in args.ks] + \
                [("mix", v, {"strategy": {"mix": v}}) for v in args.mixes]
+    folder = _workdir_name(f"ablation-{args.protocol}", args)
+    defaults = _base(protocol, train, test).hash()
     rows, done = [], {}  # done: config hash -> summary, since the default value of each parameter is one setting
     for name, value, extra in variants:
         base = _base(protocol, train, test, extra)
         key = base.hash()
         if key not in done:
-            work = os.path.join(args.workdir, _workdir_name(f"ablation-{args.protocol}", args), f"{name}={value}")
-            report = simulate(_plan(protocol, base, ["dm2"], args), work, title=f"{args.protocol} DM2 {name}={value}")
+            # The defaults are one setting however a sweep reaches them, so their runs have one folder.
+            setting = "defaults" if key == defaults else f"{name}={value}"
+            report = simulate(_plan(protocol, base, ["dm2"], args), os.path.join(args.workdir, folder, setting),
+                              title=f"{args.protocol} DM2 {setting}",
+                              records=os.path.join(args.records, folder, setting))
             done[key] = report["summary"]["dm2"]
         s = done[key]
         rows.append({"param": name, "value": value, "aubc": s["aubc"], "final_accuracy": s["final_accuracy"]})
@@ -174,7 +184,8 @@ def main():
         q = sub.add_parser(name)
         q.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
         q.add_argument("--data-root", default="../shared/data")
-        q.add_argument("--workdir", default="/tmp/raydm2-select")
+        q.add_argument("--workdir", default="/tmp/raydm2-select", help="pools and scratch files")
+        q.add_argument("--records", default=RECORDS, help="finished runs' records, resumed from (default: %(default)s)")
         q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         q.add_argument("--rounds", type=int, help="override the protocol's round count (smoke runs)")
         q.add_argument("--engine", choices=["local", "ray"], default="local",

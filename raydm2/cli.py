@@ -264,14 +264,14 @@ def cmd_simulate(args) -> None:
             raise RayDM2Error(f"{name} must be positive, got {value}")
     plan = SimulationPlan(base=base, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
                           initial=args.initial, per_round=args.per_round, rounds=args.rounds, engine=args.engine)
-    os.makedirs(args.out, exist_ok=True)
     if args.engine == "ray":
         connect()
-    report = simulate(plan, args.out, title=args.title or f"{base.pool} ({', '.join(plan.strategies)})")
+    report = simulate(plan, args.out, title=args.title or f"{base.pool} ({', '.join(plan.strategies)})",
+                      records=args.records)
     for name, s in sorted(report["summary"].items(), key=lambda kv: -kv[1]["aubc"]["mean"]):
         print(f"{name:18s} AUBC {s['aubc']['mean']:.4f} ± {s['aubc']['std']:.4f}   final accuracy "
               f"{s['final_accuracy']['mean']:.4f} ± {s['final_accuracy']['std']:.4f}")
-    print(f"wrote {args.out}/results.json, results.md, curves.png")
+    print(f"wrote {args.out}/results.json, results.md, curves.png; records in {args.records or args.out + '/records'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("simulate", help="active-learning runs with oracle labels: strategies x seeds -> AUBC")
-    p.add_argument("--out", required=True, help="folder for runs/, results.json, results.md, curves.png")
+    p.add_argument("--out", required=True, help="folder for records/, runs/ (scratch), results.json, results.md, "
+                   "curves.png")
+    p.add_argument("--records", help="finished runs' records, resumed from (default: OUT/records)")
     p.add_argument("--pool", required=True, help="a pool with a label column (the oracle)")
     p.add_argument("--test-pool", required=True)
     p.add_argument("--preset", choices=sorted(PRESETS))

@@ -10,12 +10,15 @@ Two engines run the same rounds:
   suite proves equal to the distributed acquisition). Selection quality is the same computation; what it saves is
   Ray's fixed start-up per training and per acquisition, which dominates rounds of 20 labels. Its acquisition
   seconds are single-process figures, not the pipeline's.
-A finished run leaves `run.json`; re-running `simulate` with the same OUT skips it, and a run that was
-interrupted is started again from scratch (its folder is replaced).
+A finished run leaves its record, `<strategy>-seed<seed>.json`, in the records folder (`OUT/records` unless told
+otherwise); re-running `simulate` with that folder skips it, and a run that was interrupted is started again from
+scratch (its scratch folder under `OUT/runs` is replaced). A record names the pools by their content, not their
+location, so a records folder kept with the results resumes on another machine or under another OUT.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -70,20 +73,24 @@ def run_config(plan: SimulationPlan, strategy: str, seed: int) -> ProjectConfig:
     return validate_config(config, source="simulation settings")
 
 
-def settings_key(plan: SimulationPlan, config: ProjectConfig) -> str:
-    """What a finished run.json must have been run with to be resumed: its config and the plan's round shape."""
-    return f"{config.hash()}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
+def settings_key(plan: SimulationPlan, config: ProjectConfig, data: "PoolArrays") -> str:
+    """What a finished run must have been run with to be resumed: its config, with the pools' locations replaced by
+    the digest of their decoded content, and the plan's round shape."""
+    settings = {**config.model_dump(mode="json"), "pool": data.digest(), "test_pool": None}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
 
 
-def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "PoolArrays | None" = None) -> dict:
-    """One (strategy, seed) run in `folder`; `data` (the decoded pools) is required by the local engine."""
+def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "PoolArrays") -> dict:
+    """One (strategy, seed) run in the scratch `folder`; `data` is the decoded pools (the local engine trains on
+    them, and both engines' records are keyed by their digest)."""
     config = run_config(plan, strategy, seed)
     if os.path.exists(folder):
         shutil.rmtree(folder)
     salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
                   else _run_project(plan, config, folder))
     return {"strategy": strategy, "seed": seed, "seed_salt": salt, "engine": plan.engine,
-            "settings": settings_key(plan, config), "rounds": rows,
+            "settings": settings_key(plan, config, data), "rounds": rows,
             "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
             "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows])}
 
@@ -142,6 +149,14 @@ class PoolArrays:
         ids, pixels, y = decoded(config.pool)
         _, test_pixels, test_y = decoded(config.test_pool)
         return cls(ids, pixels, y, test_pixels, test_y)
+
+    def digest(self) -> str:
+        """Content digest of both pools (ids, decoded pixels, labels): equal wherever and however they are stored."""
+        h = hashlib.sha256()
+        for array in (self.ids, self.pixels, self.labels, self.test_pixels, self.test_labels):
+            h.update(str((array.dtype.str, array.shape)).encode())
+            h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
 
 
 def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: PoolArrays) -> tuple[int, list[dict]]:
@@ -238,24 +253,25 @@ def plot(summary: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def simulate(plan: SimulationPlan, out: str, title: str = "simulation") -> dict:
-    """Run every (strategy, seed) not finished yet under `out`; write results.json, results.md, curves.png."""
+def simulate(plan: SimulationPlan, out: str, title: str = "simulation", records: str | None = None) -> dict:
+    """Run every (strategy, seed) without a finished record in `records` (default OUT/records); write
+    results.json, results.md and curves.png to OUT."""
+    records = records or os.path.join(out, "records")
+    for folder in (out, records):
+        os.makedirs(folder, exist_ok=True)
+    data = PoolArrays.load(plan.base)
     runs = []
-    data = None
     for strategy in plan.strategies:
         for seed in plan.seeds:
-            folder = os.path.join(out, "runs", f"{strategy}-seed{seed}")
-            done = os.path.join(folder, "run.json")
+            done = os.path.join(records, f"{strategy}-seed{seed}.json")
             if os.path.exists(done):
                 finished = json.load(open(done))
-                if finished.get("settings") != settings_key(plan, run_config(plan, strategy, seed)):
-                    raise RayDM2Error(f"{folder} finished with other settings than this plan's; "
-                                      "simulate into a new folder, or remove that run to redo it")
+                if finished.get("settings") != settings_key(plan, run_config(plan, strategy, seed), data):
+                    raise RayDM2Error(f"{done} finished with other settings than this plan's; simulate into "
+                                      "another records folder, or remove that record to redo the run")
                 runs.append(finished)
                 continue
-            if plan.engine == "local" and data is None:
-                data = PoolArrays.load(plan.base)
-            result = run_one(plan, strategy, seed, folder, data)
+            result = run_one(plan, strategy, seed, os.path.join(out, "runs", f"{strategy}-seed{seed}"), data)
             with open(done + ".tmp", "w") as f:
                 json.dump(result, f, indent=1)
             os.replace(done + ".tmp", done)

@@ -1,12 +1,17 @@
 """`simulate` with the local engine on the shipped sample: every run starts from the same class-covering seed,
-grows by the budget each round, and the report's AUBC is the area under the recorded curve. A repeat resumes."""
+grows by the budget each round, and the report's AUBC is the area under the recorded curve. A repeat resumes, also
+from records moved with copies of the pools, and never from records of other settings or other pool content."""
 
 import json
 import os
+import shutil
 from dataclasses import replace
+
+import numpy as np
 
 import pytest
 
+from raydm2 import pool
 from raydm2.config import validate_config
 from raydm2.errors import RayDM2Error
 from raydm2.presets import PRESETS
@@ -47,13 +52,49 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
 
     assert accuracies(runs["random"]) != accuracies(runs["margin"])
 
-    runs_dir = os.path.join(out, "runs")
-    stamps = {p: os.path.getmtime(os.path.join(runs_dir, p, "run.json")) for p in os.listdir(runs_dir)}
+    records = os.path.join(out, "records")
+    assert sorted(os.listdir(records)) == ["margin-seed0.json", "random-seed0.json"]
+    stamps = {p: os.path.getmtime(os.path.join(records, p)) for p in os.listdir(records)}
     again = simulate(plan, out, title="sample")
     assert again["summary"] == report["summary"]
-    assert stamps == {p: os.path.getmtime(os.path.join(runs_dir, p, "run.json")) for p in stamps}
+    assert stamps == {p: os.path.getmtime(os.path.join(records, p)) for p in stamps}
     assert json.load(open(os.path.join(out, "results.json")))["summary"] == json.loads(json.dumps(report["summary"]))
     # A finished run is only resumed under the settings it ran with: more rounds, or another λ, must not reuse it.
     for changed in (replace(plan, rounds=3), replace(plan, base=base.with_overrides({"strategy.lam": 0.6}))):
         with pytest.raises(RayDM2Error, match="other settings"):
             simulate(changed, out, title="sample")
+
+    # The records, kept elsewhere, resume a simulation of copies of the same pools stored at other paths ...
+    kept, moved = str(tmp_path / "kept-records"), tmp_path / "moved"
+    shutil.copytree(records, kept)
+    for key in ("mnist_train", "mnist_test"):
+        shutil.copytree(sample_pools[key], moved / key)
+    elsewhere = replace(plan, base=base.with_overrides({"pool": str(moved / "mnist_train"),
+                                                        "test_pool": str(moved / "mnist_test")}))
+    resumed = simulate(elsewhere, str(tmp_path / "other-out"), title="sample", records=kept)
+    assert resumed["summary"] == report["summary"]
+    assert stamps == {p: os.path.getmtime(os.path.join(kept, p)) for p in stamps}
+    assert not os.path.exists(tmp_path / "other-out" / "runs")  # nothing was run again
+
+    # ... but not once the pool's content differs: one more image is another experiment.
+    pool.append_arrays(str(moved / "mnist_train"), np.zeros((1, 28, 28), np.uint8), np.array([0]), "extra")
+    with pytest.raises(RayDM2Error, match="other settings"):
+        simulate(elsewhere, str(tmp_path / "other-out"), title="sample", records=kept)
+
+
+def test_cli_simulate_keeps_records_where_told_and_resumes_from_them(sample_pools, tmp_path, capsys):
+    from raydm2.cli import main
+
+    records = tmp_path / "kept"
+    argv = ["simulate", "--out", str(tmp_path / "sim"), "--records", str(records), "--engine", "local",
+            "--pool", sample_pools["mnist_train"], "--test-pool", sample_pools["mnist_test"], "--preset", "mnist",
+            "--set", "train.epochs=1", "--strategies", "random", "--seeds", "0", "--initial", "20",
+            "--per-round", "10", "--rounds", "1"]
+    assert main(argv) == 0
+    record = json.load(open(records / "random-seed0.json"))
+    assert [r["labels"] for r in record["rounds"]] == [20, 30]
+    assert f"records in {records}" in capsys.readouterr().out
+    stamp = os.path.getmtime(records / "random-seed0.json")
+    assert main([*argv[:2], str(tmp_path / "sim-again"), *argv[3:]]) == 0
+    assert os.path.getmtime(records / "random-seed0.json") == stamp
+    assert not os.path.exists(tmp_path / "sim-again" / "runs")
