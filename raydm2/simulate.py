@@ -18,6 +18,7 @@ location, so a records folder kept with the results resumes on another machine o
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -81,6 +82,21 @@ def settings_key(plan: SimulationPlan, config: ProjectConfig, data: "PoolArrays"
     return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
 
 
+def code_version() -> str:
+    """What besides its settings decides a run's numbers: raydm2's source and the numeric libraries. Training is
+    deterministic for one code version, but a change in either moves every curve, so records carry it and a report
+    says when its runs came from more than one."""
+    import torch
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+        h.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return f"raydm2 {h.hexdigest()[:12]}, torch {torch.__version__}, numpy {np.__version__}"
+
+
 def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "PoolArrays") -> dict:
     """One (strategy, seed) run in the scratch `folder`; `data` is the decoded pools (the local engine trains on
     them, and both engines' records are keyed by their digest)."""
@@ -90,7 +106,7 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "
     salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
                   else _run_project(plan, config, folder))
     return {"strategy": strategy, "seed": seed, "seed_salt": salt, "engine": plan.engine,
-            "settings": settings_key(plan, config, data), "rounds": rows,
+            "settings": settings_key(plan, config, data), "code": code_version(), "rounds": rows,
             "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
             "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows])}
 
@@ -205,6 +221,7 @@ def summarise(runs: list[dict]) -> dict:
         rounds = len(rs[0]["rounds"])
         out[name] = {
             "seeds": [r["seed"] for r in rs],
+            "code": sorted({r.get("code", "not recorded") for r in rs}),
             "aubc": _mean_std([r["aubc"] for r in rs]),
             "robust_aubc": _mean_std([r["robust_aubc"] for r in rs]),
             "final_accuracy": _mean_std([r["rounds"][-1]["clean_accuracy"] for r in rs]),
@@ -226,6 +243,10 @@ def markdown(summary: dict, title: str) -> str:
         cells = [f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in
                  ("aubc", "robust_aubc", "final_accuracy", "final_robust_accuracy")]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['acquire_s_per_round']['mean']:.1f} |")
+    versions = sorted({v for s in summary.values() for v in s["code"]})
+    if len(versions) > 1:
+        lines += ["", f"These runs came from {len(versions)} code versions, so their differences are not only the "
+                  "strategies' and seeds' (per strategy: `code` in results.json):", *[f"- {v}" for v in versions]]
     return "\n".join(lines) + "\n"
 
 
