@@ -82,10 +82,10 @@ def settings_key(plan: SimulationPlan, config: ProjectConfig, data: "PoolArrays"
     return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
 
 
-def code_version() -> str:
-    """What besides its settings decides a run's numbers: raydm2's source and the numeric libraries. Training is
-    deterministic for one code version, but a change in either moves every curve, so records carry it and a report
-    says when its runs came from more than one."""
+def environment() -> str:
+    """What besides its settings decides a run's numbers: raydm2's source, torch and numpy, the CPU kernels torch
+    dispatches to and its thread count. Runs are deterministic for one environment, but a change in any of these
+    moves every curve, so records carry it and a report says when its runs came from more than one."""
     import torch
 
     root = os.path.dirname(os.path.abspath(__file__))
@@ -94,7 +94,8 @@ def code_version() -> str:
         h.update(os.path.relpath(path, root).encode())
         with open(path, "rb") as f:
             h.update(f.read())
-    return f"raydm2 {h.hexdigest()[:12]}, torch {torch.__version__}, numpy {np.__version__}"
+    return (f"raydm2 {h.hexdigest()[:12]}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads), numpy {np.__version__}")
 
 
 def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "PoolArrays") -> dict:
@@ -106,7 +107,7 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "
     salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
                   else _run_project(plan, config, folder))
     return {"strategy": strategy, "seed": seed, "seed_salt": salt, "engine": plan.engine,
-            "settings": settings_key(plan, config, data), "code": code_version(), "rounds": rows,
+            "settings": settings_key(plan, config, data), "environment": environment(), "rounds": rows,
             "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
             "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows])}
 
@@ -221,7 +222,7 @@ def summarise(runs: list[dict]) -> dict:
         rounds = len(rs[0]["rounds"])
         out[name] = {
             "seeds": [r["seed"] for r in rs],
-            "code": sorted({r.get("code", "not recorded") for r in rs}),
+            "environments": sorted({r.get("environment", "not recorded") for r in rs}),
             "aubc": _mean_std([r["aubc"] for r in rs]),
             "robust_aubc": _mean_std([r["robust_aubc"] for r in rs]),
             "final_accuracy": _mean_std([r["rounds"][-1]["clean_accuracy"] for r in rs]),
@@ -243,10 +244,11 @@ def markdown(summary: dict, title: str) -> str:
         cells = [f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in
                  ("aubc", "robust_aubc", "final_accuracy", "final_robust_accuracy")]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['acquire_s_per_round']['mean']:.1f} |")
-    versions = sorted({v for s in summary.values() for v in s["code"]})
+    versions = sorted({v for s in summary.values() for v in s["environments"]})
     if len(versions) > 1:
-        lines += ["", f"These runs came from {len(versions)} code versions, so their differences are not only the "
-                  "strategies' and seeds' (per strategy: `code` in results.json):", *[f"- {v}" for v in versions]]
+        lines += ["", f"These runs came from {len(versions)} environments, so their differences are not only the "
+                  "strategies' and seeds' (per strategy: `environments` in results.json):",
+                  *[f"- {v}" for v in versions]]
     return "\n".join(lines) + "\n"
 
 

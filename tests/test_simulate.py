@@ -15,7 +15,7 @@ from raydm2 import pool
 from raydm2.config import validate_config
 from raydm2.errors import RayDM2Error
 from raydm2.presets import PRESETS
-from raydm2.simulate import SimulationPlan, aubc, code_version, simulate
+from raydm2.simulate import SimulationPlan, aubc, environment, simulate
 
 from helpers import CLASSES
 
@@ -43,7 +43,7 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
         assert rows[0]["acquire_s"] == 0.0 and all(r["acquire_s"] > 0.0 for r in rows[1:])
         assert run["aubc"] == pytest.approx(aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]))
         assert report["summary"][name]["aubc"]["mean"] == pytest.approx(run["aubc"])
-        assert run["code"] == code_version() and report["summary"][name]["code"] == [code_version()]
+        assert run["environment"] == environment() and report["summary"][name]["environments"] == [environment()]
     # Same seed, same class-covering initial set, same deterministic training: round 0 is identical.
     assert runs["random"]["seed_salt"] == runs["margin"]["seed_salt"]
     assert runs["random"]["rounds"][0]["clean_accuracy"] == runs["margin"]["rounds"][0]["clean_accuracy"]
@@ -82,15 +82,16 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
     with pytest.raises(RayDM2Error, match="other settings"):
         simulate(elsewhere, str(tmp_path / "other-out"), title="sample", records=kept)
 
-    # A record made by other code has matching settings and is resumed, but the report says its runs mix versions.
+    # A record made in another environment has matching settings and is resumed, but the report says its runs mix
+    # environments.
     path = os.path.join(records, "margin-seed0.json")
-    older = {**json.load(open(path)), "code": "raydm2 000000000000, torch 0, numpy 0"}
+    older = {**json.load(open(path)), "environment": "raydm2 000000000000, torch 0 (AVX2, 1 threads), numpy 0"}
     with open(path, "w") as f:
         json.dump(older, f)
     mixed = simulate(plan, out, title="sample")
-    assert mixed["summary"]["margin"]["code"] == [older["code"]]
-    assert mixed["summary"]["random"]["code"] == [code_version()]
-    assert "2 code versions" in open(os.path.join(out, "results.md")).read()
+    assert mixed["summary"]["margin"]["environments"] == [older["environment"]]
+    assert mixed["summary"]["random"]["environments"] == [environment()]
+    assert "2 environments" in open(os.path.join(out, "results.md")).read()
 
 
 def test_cli_simulate_keeps_records_where_told_and_resumes_from_them(sample_pools, tmp_path, capsys):
