@@ -160,11 +160,12 @@ def ablation(args) -> dict:
         base = _base(protocol, train, test, extra)
         key = base.hash()
         if key not in done:
-            # The defaults are one setting however a sweep reaches them, so their runs have one folder.
+            # The defaults are the protocol's own DM2 runs, however a sweep reaches them: one set of records.
             setting = "defaults" if key == defaults else f"{name}={value}"
+            records = (os.path.join(args.records, _workdir_name(args.protocol, args)) if key == defaults
+                       else os.path.join(args.records, folder, setting))
             report = simulate(_plan(protocol, base, ["dm2"], args), os.path.join(args.workdir, folder, setting),
-                              title=f"{args.protocol} DM2 {setting}",
-                              records=os.path.join(args.records, folder, setting))
+                              title=f"{args.protocol} DM2 {setting}", records=records)
             done[key] = report["summary"]["dm2"]
         s = done[key]
         rows.append({"param": name, "value": value, "aubc": s["aubc"], "final_accuracy": s["final_accuracy"]})

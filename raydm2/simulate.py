@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Callable, Literal
 
 import numpy as np
@@ -77,15 +78,16 @@ def run_config(plan: SimulationPlan, strategy: str, seed: int) -> ProjectConfig:
 def settings_key(plan: SimulationPlan, config: ProjectConfig, data: "PoolArrays") -> str:
     """What a finished run must have been run with to be resumed: its config, with the pools' locations replaced by
     the digest of their decoded content, and the plan's round shape."""
-    settings = {**config.model_dump(mode="json"), "pool": data.digest(), "test_pool": None}
+    settings = {**config.model_dump(mode="json"), "pool": data.digest, "test_pool": None}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
 
 
 def environment() -> str:
     """What besides its settings decides a run's numbers: raydm2's source, torch and numpy, the CPU kernels torch
-    dispatches to and its thread count. Runs are deterministic for one environment, but a change in any of these
-    moves every curve, so records carry it and a report says when its runs came from more than one."""
+    dispatches to and its thread count (the driver's, under the ray engine). Runs are deterministic in one
+    environment, but a change in any of these can move every curve, so records carry it and a report says when its
+    runs came from more than one."""
     import torch
 
     root = os.path.dirname(os.path.abspath(__file__))
@@ -167,6 +169,7 @@ class PoolArrays:
         _, test_pixels, test_y = decoded(config.test_pool)
         return cls(ids, pixels, y, test_pixels, test_y)
 
+    @cached_property
     def digest(self) -> str:
         """Content digest of both pools (ids, decoded pixels, labels): equal wherever and however they are stored."""
         h = hashlib.sha256()
