@@ -271,7 +271,7 @@ def cmd_simulate(args) -> None:
     for name, s in sorted(report["summary"].items(), key=lambda kv: -kv[1]["aubc"]["mean"]):
         print(f"{name:18s} AUBC {s['aubc']['mean']:.4f} ± {s['aubc']['std']:.4f}   final accuracy "
               f"{s['final_accuracy']['mean']:.4f} ± {s['final_accuracy']['std']:.4f}")
-    print(f"wrote {args.out}/results.json, results.md, curves.png; records in {args.records or args.out + '/records'}")
+    print(f"wrote {args.out}/results.json, results.md, curves.png; records in {report['records']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Callable, Literal
 
 import numpy as np
@@ -83,6 +83,7 @@ def settings_key(plan: SimulationPlan, config: ProjectConfig, data: "PoolArrays"
     return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
 
 
+@cache
 def environment() -> str:
     """What besides its settings decides a run's numbers: raydm2's source, torch and numpy, the CPU kernels torch
     dispatches to and its thread count (the driver's, under the ray engine). Runs are deterministic in one
@@ -303,7 +304,8 @@ def simulate(plan: SimulationPlan, out: str, title: str = "simulation", records:
             os.replace(done + ".tmp", done)
             runs.append(result)
     summary = summarise(runs)
-    report = {"plan": {**asdict(plan), "base": plan.base.model_dump(mode="json")}, "summary": summary, "runs": runs}
+    report = {"plan": {**asdict(plan), "base": plan.base.model_dump(mode="json")}, "records": records,
+              "summary": summary, "runs": runs}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
