@@ -83,7 +83,6 @@ def settings_key(plan: SimulationPlan, config: ProjectConfig, data: "PoolArrays"
     return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
 
 
-@cache
 def environment() -> str:
     """What besides its settings decides a run's numbers: raydm2's source, torch and numpy, the CPU kernels torch
     dispatches to and its thread count (the driver's, under the ray engine). Runs are deterministic in one
@@ -91,14 +90,20 @@ def environment() -> str:
     runs came from more than one."""
     import torch
 
+    return (f"raydm2 {_source_digest()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads), numpy {np.__version__}")
+
+
+@cache
+def _source_digest() -> str:
+    """raydm2's source cannot change under a running process, but its thread count can: only this part is cached."""
     root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
     for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
         h.update(os.path.relpath(path, root).encode())
         with open(path, "rb") as f:
             h.update(f.read())
-    return (f"raydm2 {h.hexdigest()[:12]}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, "
-            f"{torch.get_num_threads()} threads), numpy {np.__version__}")
+    return h.hexdigest()[:12]
 
 
 def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "PoolArrays") -> dict:
