@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m raydm2.demo --workdir $(DEMO_DIR)
+	$(BIN)/raydm2 demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

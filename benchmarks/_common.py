@@ -32,7 +32,8 @@ def save(name: str, payload: dict) -> str:
 
 def mnist_pool(data_root: str, workdir: str, limit: int | None = None) -> str:
     """MNIST train as a pool (ingested once into workdir), optionally only the first `limit` images."""
-    from raydm2 import ingest, pool
+    from raydm2.data import ingest
+    from raydm2.data import pool
 
     out = os.path.join(workdir, f"mnist_train_{limit or 'all'}")
     if not os.path.exists(out):
@@ -46,8 +47,8 @@ def random_checkpoint(arch: str, channels: int, size: int, path: str, seed: int 
     """Timing does not depend on the weights, so floor/scale runs use a seeded untrained model."""
     import torch
 
-    from raydm2 import checkpoint
-    from raydm2.models import ModelSpec, build
+    from raydm2.models import checkpoint
+    from raydm2.models.registry import ModelSpec, build
 
     torch.manual_seed(seed)
     spec = ModelSpec(arch, 10, channels, size)

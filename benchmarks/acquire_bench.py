@@ -26,7 +26,7 @@ from benchmarks import _common as C  # noqa: E402
 
 
 def _config(pool_uri: str, arch: str, channels: int, size: int, budget: int, batch: int, **knn):
-    from raydm2.config import ProjectConfig
+    from raydm2.ledger.config import ProjectConfig
 
     return ProjectConfig(name="bench", pool=pool_uri, classes=[str(i) for i in range(10)],
                          model={"arch": arch}, image={"size": size, "channels": channels},
@@ -38,17 +38,18 @@ def floor(args) -> dict:
     already decoded in memory, one process; ratio = the pipeline's total acquisition time / floor."""
     import torch
 
-    from raydm2 import checkpoint, runtime
-    from raydm2.acquire import AcquireOptions, acquire
-    from raydm2.dm2 import to_tensor
-    from raydm2.models import ModelSpec
-    from raydm2.reference import load_unlabeled
+    from raydm2.models import checkpoint
+    from raydm2 import runtime
+    from raydm2.acquisition import AcquireOptions, acquire
+    from raydm2.data.images import to_tensor
+    from raydm2.models.registry import ModelSpec
+    from raydm2.acquisition.local_engine import load_pool
 
     work = tempfile.mkdtemp(prefix="floor-")
     pool_uri = C.mnist_pool(args.data_root, args.workdir or work, args.n)
     ckpt = C.random_checkpoint(args.arch, 1, 28, os.path.join(work, "ckpt"))
     spec = ModelSpec(args.arch, 10, 1, 28)
-    ids, pixels = load_unlabeled(pool_uri, 28, 1, set())
+    ids, pixels, _ = load_pool(pool_uri, 28, 1)
     model = checkpoint.load(ckpt, spec).eval()
     torch.set_num_threads(os.cpu_count())
     with torch.inference_mode():
@@ -60,8 +61,8 @@ def floor(args) -> dict:
     del pixels
     runtime.connect(include_dashboard=False)
     cfg = _config(pool_uri, args.arch, 1, 28, 100, args.batch)
-    total, result = C.seconds(acquire, cfg, ckpt, 1, np.empty(0, np.int64),
-                              opts=AcquireOptions(batch_size=args.batch))
+    total, result = C.seconds(acquire, cfg.acquire_request(ckpt, 1, np.empty(0, np.int64)),
+                              AcquireOptions(batch_size=args.batch))
     floor_s = 2 * one_pass
     out = {"arch": args.arch, "images": len(ids), "batch_size": args.batch, "one_pass_s": one_pass,
            "floor_s": floor_s, "acquire_total_s": total, "floor_ratio": total / floor_s, **C.per_stage(result)}
@@ -76,9 +77,9 @@ def _embed_real_images(data_root: str, n_target: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from raydm2.dm2 import to_tensor
-    from raydm2.ingest import read_idx
-    from raydm2.models import ModelSpec, build
+    from raydm2.data.images import to_tensor
+    from raydm2.data.ingest import read_idx
+    from raydm2.models.registry import ModelSpec, build
 
     parts = []
     for ds in ("mnist", "fashion_mnist"):
@@ -111,8 +112,8 @@ def _embed_real_images(data_root: str, n_target: int) -> np.ndarray:
 def knn_bench(args) -> dict:
     import faiss
 
-    from raydm2.dm2 import unit
-    from raydm2.knn import ExactIndex, build_ivf, default_ivf_params
+    from raydm2.acquisition.mixing import unit
+    from raydm2.acquisition.knn import ExactIndex, build_ivf, default_ivf_params
 
     faiss.omp_set_num_threads(os.cpu_count())
     z = unit(_embed_real_images(args.data_root, args.n))
@@ -143,7 +144,7 @@ def knn_bench(args) -> dict:
 
 def _synthetic_pool(path: str, n: int) -> None:
     """Synthetic 28x28 images: random strokes on black, PNG-encoded like real pools."""
-    from raydm2 import pool
+    from raydm2.data import pool
 
     rng = np.random.default_rng(n)
     chunk = 50_000
@@ -161,7 +162,7 @@ def _synthetic_pool(path: str, n: int) -> None:
 def scale_one(args) -> dict:
     """One pool size, in its own process so the driver's peak RSS belongs to this size alone."""
     from raydm2 import runtime
-    from raydm2.acquire import AcquireOptions, acquire
+    from raydm2.acquisition import AcquireOptions, acquire
 
     work = args.workdir
     pool_uri = os.path.join(work, f"synthetic_{args.n}")
@@ -170,8 +171,8 @@ def scale_one(args) -> dict:
     ckpt = C.random_checkpoint("small_cnn", 1, 28, os.path.join(work, "ckpt"))
     runtime.connect(include_dashboard=False)
     rss_before = C.PeakRSS.mib()
-    total, result = C.seconds(acquire, _config(pool_uri, "small_cnn", 1, 28, 1000, 512), ckpt, 1,
-                              np.empty(0, np.int64), opts=AcquireOptions(batch_size=512))
+    request = _config(pool_uri, "small_cnn", 1, 28, 1000, 512).acquire_request(ckpt, 1, np.empty(0, np.int64))
+    total, result = C.seconds(acquire, request, AcquireOptions(batch_size=512))
     out = {"images": args.n, "total_s": total, "s_per_image": total / args.n,
            "driver_peak_rss_mib": C.PeakRSS.mib(), "driver_rss_before_mib": rss_before, **C.per_stage(result)}
     print("SCALE_RESULT " + json.dumps(out, default=float), flush=True)
@@ -205,7 +206,7 @@ def startup(args) -> dict:
     import ray.data
 
     from raydm2 import runtime
-    from raydm2.acquire import acquire
+    from raydm2.acquisition import acquire
 
     work = tempfile.mkdtemp(prefix="startup-")
     pool_uri = C.mnist_pool(args.data_root, args.workdir or work, args.n)
@@ -214,7 +215,7 @@ def startup(args) -> dict:
     cfg = _config(pool_uri, "small_cnn", 1, 28, 25, 256, mode="exact")
     ctx = ray.data.DataContext.get_current()
     runs = {"v1": [], "v2": []}
-    unlabeled_pool = (cfg, ckpt, 1, np.empty(0, np.int64))
+    unlabeled_pool = (cfg.acquire_request(ckpt, 1, np.empty(0, np.int64)),)
     acquire(*unlabeled_pool)
     for _ in range(args.repeats):
         for reader in ("v2", "v1"):

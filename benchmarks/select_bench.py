@@ -28,9 +28,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _common as C  # noqa: E402
+from raydm2.acquisition import strategies  # noqa: E402
 
-ALL = ["random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "alpha_mix",
-       "noise_stability", "dm2"]
+ALL = strategies.names()
+
 
 PROTOCOLS: dict[str, dict] = {
     # NoiseStability's MNIST protocol: small CNN, Adam 1e-3, batch 96, 20 initial labels (every class present),
@@ -59,7 +60,8 @@ RECORDS = os.path.join(C.RESULTS, "runs")
 
 def pools(dataset: str, data_root: str, workdir: str) -> tuple[str, str]:
     """(train subset pool, test pool), ingested once into workdir from the original files."""
-    from raydm2 import ingest, pool
+    from raydm2.data import ingest
+    from raydm2.data import pool
 
     train, test = (os.path.join(workdir, "pools", dataset, name) for name in ("train", "test"))
     if os.path.exists(test):
@@ -84,16 +86,15 @@ def pools(dataset: str, data_root: str, workdir: str) -> tuple[str, str]:
 
 
 def _base(protocol: dict, train: str, test: str, extra: dict | None = None):
-    from raydm2.cli import _merge
-    from raydm2.config import validate_config
-    from raydm2.presets import PRESETS
+    from raydm2.ledger.config import merge_settings, validate_config
+    from raydm2.ledger.presets import PRESETS
 
-    data = _merge(_merge(dict(PRESETS[protocol["preset"]]), protocol["settings"]), extra or {})
+    data = merge_settings(PRESETS[protocol["preset"]], protocol["settings"], extra or {})
     return validate_config({**data, "name": "bench", "pool": train, "test_pool": test})
 
 
 def _plan(protocol: dict, base, strategies, args):
-    from raydm2.simulate import SimulationPlan
+    from raydm2.service.simulate import SimulationPlan
 
     return SimulationPlan(base=base, strategies=tuple(strategies), seeds=tuple(args.seeds), initial=protocol["initial"],
                           per_round=protocol["per_round"], rounds=args.rounds or protocol["rounds"], engine=args.engine)
@@ -121,7 +122,7 @@ def _connect(args) -> None:
 
 
 def run(args) -> dict:
-    from raydm2.simulate import simulate
+    from raydm2.service.simulate import simulate
 
     protocol = PROTOCOLS[args.protocol]
     folder = _workdir_name(args.protocol, args)
@@ -145,7 +146,7 @@ def run(args) -> dict:
 
 def ablation(args) -> dict:
     """DM2's λ, k and mixing mode, one setting changed at a time from the defaults."""
-    from raydm2.simulate import simulate
+    from raydm2.service.simulate import simulate
 
     protocol = PROTOCOLS[args.protocol]
     train, test = pools(protocol["dataset"], args.data_root, args.workdir)

@@ -30,9 +30,11 @@ def main():
     p.add_argument("--test", type=int, default=10_000)
     args = p.parse_args()
 
-    from raydm2 import ingest, pool, runtime
-    from raydm2.config import ProjectConfig
-    from raydm2.train import fit
+    from raydm2.data import ingest
+    from raydm2.data import pool
+    from raydm2 import runtime
+    from raydm2.ledger.config import ProjectConfig
+    from raydm2.training.ray_trainer import fit
 
     work = tempfile.mkdtemp(prefix="train-bench-")
     train_uri = C.mnist_pool(args.data_root, work)

@@ -9,6 +9,6 @@ import sys
 
 def run(command: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from raydm2.cli import main
+    from raydm2.service.cli import main
 
     sys.exit(main([command, *sys.argv[1:]]))

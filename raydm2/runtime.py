@@ -14,27 +14,41 @@ from dataclasses import dataclass
 import ray
 import ray.data
 
+from raydm2 import plugins as plugins_mod
+
 log = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"
 
 
-def connect(include_dashboard: bool | None = None, num_cpus: int | None = None) -> None:
-    """Idempotent: does nothing when this process is already connected."""
+def connect(address: str | None = None, include_dashboard: bool | None = None, num_cpus: int | None = None,
+            num_gpus: int | None = None, temp_dir: str | None = None) -> None:
+    """Join the cluster at `address` (default `$RAY_ADDRESS`); with neither, start an embedded local cluster on
+    127.0.0.1 (`num_cpus`, `num_gpus` and `temp_dir` size and place it). A local cluster is always a new one
+    (`address="local"`): never one started by someone else on this machine. Idempotent: does nothing when this
+    process is already connected."""
     _read_parquet_without_footer_actors()
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
-    if address:
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning", "MKL_CBWR": os.environ["MKL_CBWR"]}}
+    plugins = plugins_mod.modules()
+    if plugins:
+        # Strategies of the user's own, outside raydm2: their model functions run in Ray's workers, which import
+        # them from these uploaded copies.
+        runtime_env["py_modules"] = plugins
+    if address and address != "local":
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         return
     _pin_to_loopback()
     ray.init(
+        address="local",
         _node_ip_address=LOCALHOST,
         include_dashboard=include_dashboard,
         dashboard_host=LOCALHOST,
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        _temp_dir=temp_dir,
         runtime_env=runtime_env,
         log_to_driver=True,
     )

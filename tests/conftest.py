@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
-from raydm2 import ingest
+from raydm2.data import ingest
 
 SAMPLE = ingest.sample_data_dir()
 MNIST_DIR = os.path.join(SAMPLE, "mnist")
@@ -28,16 +30,20 @@ def sample_pools(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """An embedded local cluster for the whole session, stopped by its own handle at the end."""
+def ray_cluster(tmp_path_factory):
+    """A new embedded local cluster for the whole session, in its own temp dir and without GPUs, so neither a
+    cluster left on the machine nor a GPU runner changes what the suite tests; stopped by its own handle."""
     import ray
 
     from raydm2 import runtime
 
     os.environ.pop("RAY_ADDRESS", None)
-    runtime.connect(include_dashboard=False, num_cpus=2)
+    # Ray's socket paths must stay short (AF_UNIX limit): a short folder of our own, not pytest's deep tmp path.
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    runtime.connect(address="local", include_dashboard=False, num_cpus=2, num_gpus=0, temp_dir=temp)
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +54,9 @@ def trained_checkpoint(sample_pools, tmp_path_factory):
     import torch.nn.functional as F
 
     from helpers import first_images
-    from raydm2 import checkpoint
-    from raydm2.dm2 import to_tensor
-    from raydm2.models import ModelSpec, build
+    from raydm2.models import checkpoint
+    from raydm2.data.images import to_tensor
+    from raydm2.models.registry import ModelSpec, build
 
     x, labels = first_images(sample_pools["mnist_train"], 1000, 28, 1)
     y = torch.from_numpy(labels)
@@ -69,3 +75,14 @@ def trained_checkpoint(sample_pools, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ckpt") / "small_cnn")
     checkpoint.save(model, spec, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_pool(sample_pools, tmp_path_factory):
+    """The first 800 images of the MNIST sample as a pool of their own (ids 0..799)."""
+    from raydm2.data import pool
+
+    table = pool.read_columns(sample_pools["mnist_train"], ["id", "image", "label"]).sort_by("id").slice(0, 800)
+    uri = str(tmp_path_factory.mktemp("small") / "pool")
+    pool.append(uri, table.column("image").to_pylist(), table.column("label").to_pylist())
+    return uri

@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from raydm2 import loop, pool
-from raydm2.config import ProjectConfig
-from raydm2.images import decode
-from raydm2.project import Project
+from raydm2.service import loop
+from raydm2.data import pool
+from raydm2.ledger.config import ProjectConfig
+from raydm2.data.images import decode
+from raydm2.ledger.project import Project
 
 CLASSES = [str(i) for i in range(10)]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,11 +23,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def trained_project(path: str, pool_uri: str, checkpoint_dir: str, seed_n: int = 30, **strategy) -> Project:
     """A project whose round 0 (seed_n random images) is trained, with the fixture's real model standing in for
     Ray Train (which test_train.py and test_jobs.py cover)."""
-    project = Project.create(path, ProjectConfig(name="p", pool=pool_uri, classes=CLASSES, seed=5,
-                                                 strategy={"budget": 15, "knn": {"mode": "exact"}, **strategy}))
+    dm2 = strategy.get("name", "dm2") == "dm2"
+    project = Project.create(path, ProjectConfig(name="p", pool=pool_uri, classes=CLASSES, seed=5, strategy={
+        "budget": 15, **({"knn": {"mode": "exact"}} if dm2 else {}), **strategy}))
     loop.seed(project, seed_n)
+    ids = project.selection(0).column("id").to_numpy()
+    truth = pool.read_columns(pool_uri, ["id", "label"], ids).sort_by("id")
+    # Pools without ground truth get placeholder labels: here only the round's state matters, since the fixture's
+    # model stands in for training.
+    known = truth.column("label").null_count == 0
+    loop.label(project, ids=truth.column("id").to_numpy(),
+               labels=truth.column("label").to_numpy() if known else np.zeros(len(ids), np.int64))
     with project.writing():
-        project.update(0, state="labeled")
         shutil.copytree(checkpoint_dir, project.checkpoint_dir(0).path)
         project.update(0, state="trained")
     return project
@@ -52,7 +60,7 @@ def snapshot(root: str) -> dict[str, bytes]:
 
 def cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
     """`raydm2 ARGS` in its own process (and session, so it can be killed as a whole)."""
-    return subprocess.Popen([sys.executable, "-m", "raydm2.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
+    return subprocess.Popen([sys.executable, "-m", "raydm2", *args], cwd=REPO, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             **popen)
 
@@ -66,3 +74,12 @@ def first_images(pool_uri: str, n: int, size: int, channels: int) -> tuple[np.nd
     table = pool.read_columns(pool_uri, ["id", "image", "label"]).sort_by("id").slice(0, n)
     pixels = np.stack([decode(b, size, channels) for b in table.column("image").to_pylist()])
     return pixels, table.column("label").to_numpy().astype(np.int64)
+
+
+def local_selection(config: ProjectConfig, checkpoint_uri: str, round_: int, excluded, labeled: pa.Table | None = None
+                    ) -> pa.Table:
+    """What the in-memory engine selects for this project config: the oracle the Ray engine is compared with."""
+    from raydm2.acquisition import acquire
+
+    return acquire(config.acquire_request(checkpoint_uri, round_, np.asarray(excluded, np.int64), labeled),
+                   engine="local").selection

@@ -1,17 +1,20 @@
-"""The distributed DM2 pipeline against the single-process reference, plus its edge cases."""
+"""The distributed DM2 pipeline against the in-memory engine, plus its edge cases."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-from raydm2 import checkpoint, pool
-from raydm2.acquire import AcquireOptions, acquire
-from raydm2.config import ProjectConfig
-from raydm2.dm2 import DM2Params, mix, to_tensor
+from raydm2.acquisition import AcquireOptions, acquire
+from raydm2.acquisition.local_engine import load_pool
+from raydm2.acquisition.mixing import mix
+from raydm2.data import pool
+from raydm2.data.images import to_tensor
 from raydm2.errors import RayDM2Error
-from raydm2.models import ModelSpec, build
-from raydm2.reference import dm2_select, load_unlabeled
+from raydm2.ledger.config import ProjectConfig
+from raydm2.models import checkpoint
+from raydm2.models.registry import ModelSpec, build
+from tests.helpers import local_selection
 
 SPEC = ModelSpec("small_cnn", 10, 1, 28)
 CLASSES = [str(i) for i in range(10)]
@@ -24,14 +27,17 @@ def config(pool_uri, **strategy):
                          strategy={"budget": 25, **strategy})
 
 
-def assert_same_selection(got: pa.Table, want: pa.Table, tol=1e-6):
-    """Equal ids, except where scores tie within `tol` of the B-th score (SPEC: order among ties is free)."""
-    cutoff = want.column("score")[-1].as_py()
-    g = {i: s for i, s in zip(got.column("id").to_pylist(), got.column("score").to_pylist()) if s > cutoff + tol}
-    w = {i: s for i, s in zip(want.column("id").to_pylist(), want.column("score").to_pylist()) if s > cutoff + tol}
-    assert g.keys() == w.keys()
-    assert max(abs(g[i] - w[i]) for i in g) < 1e-5 if g else True
-    assert got.num_rows == want.num_rows
+def assert_same_selection(got: pa.Table, want: pa.Table):
+    """The same ids in the same order (ties resolved by the total order: score descending, then id ascending),
+    integer columns equal, and float columns (scores, distances, λ) equal up to float32 noise from batching."""
+    assert got.column("id").to_pylist() == want.column("id").to_pylist()
+    assert got.column_names == want.column_names
+    for name in got.column_names:
+        g, w = got.column(name).to_numpy(), want.column(name).to_numpy()
+        if pa.types.is_floating(got.schema.field(name).type):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-5, err_msg=name)
+        else:
+            assert g.tolist() == w.tolist(), name
 
 
 @pytest.mark.parametrize(
@@ -43,10 +49,8 @@ def assert_same_selection(got: pa.Table, want: pa.Table, tol=1e-6):
 )
 def test_distributed_selection_equals_reference(ray_cluster, sample_pools, trained_checkpoint, mix_mode, opts):
     cfg = config(sample_pools["mnist_train"], mix=mix_mode, knn={"mode": "exact"})
-    result = acquire(cfg, trained_checkpoint, 1, LABELED, opts=opts)
-    ids, pixels = load_unlabeled(cfg.pool, 28, 1, set(LABELED.tolist()))
-    want = dm2_select(checkpoint.load(trained_checkpoint, SPEC), ids, pixels, DM2Params.from_config(cfg, 1), 25)
-    assert_same_selection(result.selection, want)
+    result = acquire(cfg.acquire_request(trained_checkpoint, 1, LABELED), opts)
+    assert_same_selection(result.selection, local_selection(cfg, trained_checkpoint, 1, LABELED))
     sel = result.selection.to_pandas()
     assert not sel.id.isin(LABELED).any() and not sel.neighbor_id.isin(LABELED).any()
     assert (sel.id != sel.neighbor_id).all()
@@ -55,10 +59,11 @@ def test_distributed_selection_equals_reference(ray_cluster, sample_pools, train
 
 
 def test_dm2_picks_differ_from_least_confidence(sample_pools, trained_checkpoint):
-    cfg = config(sample_pools["mnist_train"], knn={"mode": "exact"})
-    ids, pixels = load_unlabeled(cfg.pool, 28, 1, set(LABELED.tolist()))
+    cfg = config(sample_pools["mnist_train"], knn={"mode": "exact"}).with_overrides({"strategy.budget": 100})
+    ids, pixels, _ = load_pool(cfg.pool, 28, 1)
+    ids, pixels = ids[~np.isin(ids, LABELED)], pixels[~np.isin(ids, LABELED)]
     model = checkpoint.load(trained_checkpoint, SPEC)
-    dm2 = dm2_select(model, ids, pixels, DM2Params.from_config(cfg, 1), 100)
+    dm2 = local_selection(cfg, trained_checkpoint, 1, LABELED)
     with torch.inference_mode():
         conf = torch.softmax(model(to_tensor(pixels)), 1).max(1).values.numpy()
     least_confident = set(ids[np.argsort(conf, kind="stable")[:100]].tolist())
@@ -68,7 +73,7 @@ def test_dm2_picks_differ_from_least_confidence(sample_pools, trained_checkpoint
 
 def test_mixing_with_another_class_lowers_confidence(sample_pools, trained_checkpoint):
     table = pool.read_columns(sample_pools["mnist_train"], ["id", "image", "label"]).sort_by("id").slice(1000, 400)
-    from raydm2.images import decode
+    from raydm2.data.images import decode
 
     x = np.stack([decode(b, 28, 1) for b in table.column("image").to_pylist()])
     y = table.column("label").to_numpy()
@@ -89,7 +94,7 @@ def test_empty_pool_is_a_clear_error(ray_cluster, sample_pools, trained_checkpoi
     cfg = config(sample_pools["mnist_test"])
     everything = np.arange(500, dtype=np.int64)
     with pytest.raises(RayDM2Error, match="no unlabeled, decodable images"):
-        acquire(cfg, trained_checkpoint, 1, everything, opts=AcquireOptions(actors=1))
+        acquire(cfg.acquire_request(trained_checkpoint, 1, everything), AcquireOptions(actors=1))
 
 
 @pytest.mark.parametrize("spec", [ModelSpec("small_cnn", 5, 1, 28), ModelSpec("resnet18", 10, 1, 28)])
@@ -97,7 +102,7 @@ def test_mismatched_checkpoint_refused_before_work(tmp_path, sample_pools, spec)
     path = str(tmp_path / "other")
     checkpoint.save(build(spec), spec, path)
     with pytest.raises(RayDM2Error, match="does not match the project"):
-        acquire(config(sample_pools["mnist_train"]), path, 1, LABELED)
+        acquire(config(sample_pools["mnist_train"]).acquire_request(path, 1, LABELED))
 
 
 def test_checkpoint_that_is_not_a_state_dict_is_refused(tmp_path, sample_pools):

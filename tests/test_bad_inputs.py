@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raydm2 import checkpoint, pool
-from raydm2.cli import main as cli
-from raydm2.config import ProjectConfig
-from raydm2.models import ModelSpec
-from raydm2.project import Project
+from raydm2.models import checkpoint
+from raydm2.data import pool
+from raydm2.service.cli import main as cli
+from raydm2.ledger.config import ProjectConfig
+from raydm2.models.registry import ModelSpec
+from raydm2.ledger.project import Project
 from tests.helpers import CLASSES, seeded_project, snapshot, trained_project
 
 CORPUS = os.path.join(os.path.dirname(__file__), "corpus")

@@ -12,21 +12,12 @@ import numpy as np
 import pytest
 import ray
 
-from raydm2 import checkpoint, labels, storage
-from raydm2.acquire import AcquireOptions, acquire
-from raydm2.dm2 import DM2Params
-from raydm2.models import ModelSpec
-from raydm2.project import Project
-from raydm2.reference import dm2_select, load_unlabeled
-from tests.helpers import cli, snapshot, trained_project
+from raydm2.acquisition import AcquireOptions, acquire
+from raydm2.data import storage
+from raydm2.ledger import labels
+from raydm2.ledger.project import Project
+from tests.helpers import cli, local_selection, snapshot, trained_project
 from tests.test_acquire import LABELED, assert_same_selection, config
-
-SPEC = ModelSpec("small_cnn", 10, 1, 28)
-
-
-def _reference(cfg, ckpt, excluded, budget, round_=1):
-    ids, pixels = load_unlabeled(cfg.pool, 28, 1, set(np.asarray(excluded).tolist()))
-    return dm2_select(checkpoint.load(ckpt, SPEC), ids, pixels, DM2Params.from_config(cfg, round_), budget)
 
 
 class ActorKiller(threading.Thread):
@@ -60,7 +51,7 @@ def test_actors_killed_mid_acquisition_do_not_change_the_selection(ray_cluster, 
     killer = ActorKiller()
     killer.start()
     try:
-        result = acquire(cfg, trained_checkpoint, 1, LABELED, opts=AcquireOptions(actors=1, batch_size=64))
+        result = acquire(cfg.acquire_request(trained_checkpoint, 1, LABELED), AcquireOptions(actors=1, batch_size=64))
         finished = time.monotonic()
     finally:
         killer.stop.set()
@@ -70,7 +61,7 @@ def test_actors_killed_mid_acquisition_do_not_change_the_selection(ray_cluster, 
     for _, pid, _ in killer.killed:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert_same_selection(result.selection, _reference(cfg, trained_checkpoint, LABELED, 25))
+    assert_same_selection(result.selection, local_selection(cfg, trained_checkpoint, 1, LABELED))
 
 
 def _wait_state(project_path: str, n: int, state: str, proc, timeout: float = 180) -> None:
@@ -130,13 +121,13 @@ def test_writers_refused_locks_taken_over_and_a_killed_acquisition_rerun(ray_clu
     ids = selection.column("id").to_numpy()
     assert len(np.unique(ids)) == len(ids) == 15
     assert not np.isin(ids, project.selected_ids(before=1)).any()
-    assert_same_selection(selection, _reference(project.config, trained_checkpoint, project.selected_ids(before=1),
-                                                15))
+    assert_same_selection(selection, local_selection(project.config, trained_checkpoint, 1,
+                                                     project.selected_ids(before=1)))
 
 
 def test_interrupted_label_import_keeps_previous_labels_and_retry_succeeds(tmp_path, sample_pools, monkeypatch):
-    from raydm2 import loop
-    from raydm2.config import ProjectConfig
+    from raydm2.service import loop
+    from raydm2.ledger.config import ProjectConfig
 
     project = Project.create(str(tmp_path / "p"), ProjectConfig(
         name="p", pool=sample_pools["mnist_train"], classes=[str(i) for i in range(10)]))

@@ -7,10 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raydm2 import ingest, pool
-from raydm2.cli import main as cli
+from raydm2.data import ingest
+from raydm2.data import pool
+from raydm2.service.cli import main as cli
 from raydm2.errors import RayDM2Error
-from raydm2.images import decode, encode_png
+from raydm2.data.images import decode, encode_png
 from tests.conftest import CIFAR_NPZ, MNIST_DIR
 
 

@@ -17,12 +17,13 @@ import pytest
 import requests
 import yaml
 
-from raydm2 import labels, pool
-from raydm2.images import decode
-from raydm2.cli import main as cli
-from raydm2.config import ProjectConfig
-from raydm2.project import Project
-from raydm2.schedule import run_every, schedule_once
+from raydm2.ledger import labels
+from raydm2.data import pool
+from raydm2.data.images import decode
+from raydm2.service.cli import main as cli
+from raydm2.ledger.config import ProjectConfig
+from raydm2.ledger.project import Project
+from raydm2.service.schedule import run_every, schedule_once
 from tests.helpers import seeded_project
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

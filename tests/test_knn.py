@@ -1,8 +1,8 @@
 import numpy as np
 import pickle
 
-from raydm2.dm2 import combined_distance, nearest, unit
-from raydm2.knn import ExactIndex, build_ivf, default_ivf_params
+from raydm2.acquisition.mixing import combined_distance, nearest, unit
+from raydm2.acquisition.knn import ExactIndex, build_ivf, default_ivf_params
 
 
 def test_combined_distance_matches_its_definition():

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from raydm2 import labels
-from raydm2.cli import main as cli
+from raydm2.ledger import labels
+from raydm2.service.cli import main as cli
 from tests.helpers import seeded_project, snapshot
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

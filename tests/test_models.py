@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import first_images
-from raydm2.config import ModelConfig
-from raydm2.dm2 import to_tensor
-from raydm2.models import REGISTRY, ModelSpec, build
+from raydm2.ledger.config import ModelConfig
+from raydm2.data.images import to_tensor
+from raydm2.models.registry import REGISTRY, ModelSpec, build
 
 
 def weighted_layers(model: nn.Module) -> int:
@@ -53,3 +53,14 @@ def test_resnet8_fits_a_batch_of_real_cifar_images(sample_pools):
     model.eval()
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() >= 0.9
+
+
+def test_device_choice(monkeypatch):
+    from raydm2.models.device import select_device
+
+    assert select_device(prefer_gpu=False).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device(prefer_gpu=True).type == "cpu"  # a GPU was asked for, none is there: CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device(prefer_gpu=True).type == "cuda"
+    assert select_device(prefer_gpu=False).type == "cpu"

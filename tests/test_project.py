@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from raydm2 import storage
-from raydm2.cli import main as cli
-from raydm2.config import ProjectConfig, parse_config_yaml
+from raydm2.data import storage
+from raydm2.service.cli import main as cli
+from raydm2.ledger.config import ProjectConfig, parse_config_yaml
 from raydm2.errors import ProjectLockedError, RayDM2Error, StateError
-from raydm2.project import Project
+from raydm2.ledger.project import Project
 
 
 def make_project(path, pools, **overrides):

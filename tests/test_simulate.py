@@ -11,11 +11,11 @@ import numpy as np
 
 import pytest
 
-from raydm2 import pool
-from raydm2.config import validate_config
+from raydm2.data import pool
+from raydm2.ledger.config import validate_config
 from raydm2.errors import RayDM2Error
-from raydm2.presets import PRESETS
-from raydm2.simulate import SimulationPlan, aubc, environment, simulate
+from raydm2.ledger.presets import PRESETS
+from raydm2.service.simulate import SimulationPlan, aubc, environment, simulate
 
 from helpers import CLASSES
 
@@ -60,8 +60,9 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
     assert again["summary"] == report["summary"]
     assert stamps == {p: os.path.getmtime(os.path.join(records, p)) for p in stamps}
     assert json.load(open(os.path.join(out, "results.json")))["summary"] == json.loads(json.dumps(report["summary"]))
-    # A finished run is only resumed under the settings it ran with: more rounds, or another λ, must not reuse it.
-    for changed in (replace(plan, rounds=3), replace(plan, base=base.with_overrides({"strategy.lam": 0.6}))):
+    # A finished run is only resumed under the settings it ran with: more rounds, or another learning rate, must not
+    # reuse it. (DM2's λ is no setting of these strategies' runs: each run carries only its own strategy's settings.)
+    for changed in (replace(plan, rounds=3), replace(plan, base=base.with_overrides({"train.lr": 2e-3}))):
         with pytest.raises(RayDM2Error, match="other settings"):
             simulate(changed, out, title="sample")
 
@@ -95,7 +96,7 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
 
 
 def test_cli_simulate_keeps_records_where_told_and_resumes_from_them(sample_pools, tmp_path, capsys):
-    from raydm2.cli import main
+    from raydm2.service.cli import main
 
     records = tmp_path / "kept"
     argv = ["simulate", "--out", str(tmp_path / "sim"), "--records", str(records), "--engine", "local",

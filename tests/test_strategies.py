@@ -6,21 +6,34 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raydm2 import reference, strategies
-from raydm2.acquire import AcquireOptions, acquire
-from raydm2.config import STRATEGY_NAMES, ProjectConfig
-from raydm2.greedy import kcenter_greedy, kmeans_representatives, kmeanspp_seeds, min_distances
-from raydm2.models import ModelSpec
-from raydm2.reference import load_unlabeled
-from raydm2.strategies import alpha_mix, badge, coreset, noise_stability, uncertainty
+from raydm2.acquisition import AcquireOptions, acquire, strategies
+from raydm2.acquisition.greedy import kcenter_greedy, kmeans_representatives, kmeanspp_seeds, min_distances
+from raydm2.acquisition.strategies import alpha_mix, badge, bald, coreset, noise_stability, uncertainty
+from raydm2.errors import RayDM2Error
+from raydm2.ledger.config import ProjectConfig
+from raydm2.models.registry import ModelSpec
+from tests.helpers import local_selection
+from tests.test_acquire import assert_same_selection
 
 SPEC = ModelSpec("small_cnn", 10, 1, 28)
 CLASSES = [str(i) for i in range(10)]
 
 
 # ---- hand-built cases ----------------------------------------------------------------------------------------
-def test_registry_matches_config():
-    assert strategies.names() == sorted(STRATEGY_NAMES)
+def test_the_config_takes_exactly_the_registered_strategies_with_their_own_settings():
+    assert {"random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "alpha_mix",
+            "noise_stability", "dm2"} <= set(strategies.names())
+    for name in strategies.names():
+        config = ProjectConfig(name="t", pool="p", classes=CLASSES, strategy={"name": name})
+        assert type(config.strategy) is strategies.get(name).settings
+    with pytest.raises(RayDM2Error, match="strategy.name: unknown strategy 'magic'"):
+        ProjectConfig(name="t", pool="p", classes=CLASSES).with_overrides({"strategy.name": "magic"})
+    # One strategy's settings are refused by another ...
+    with pytest.raises(Exception, match="lam"):
+        ProjectConfig(name="t", pool="p", classes=CLASSES, strategy={"name": "margin", "lam": 0.5})
+    # ... and switching strategies drops the old one's settings, keeping the budget.
+    dm2 = ProjectConfig(name="t", pool="p", classes=CLASSES, strategy={"budget": 7, "lam": 0.5})
+    assert dm2.with_overrides({"strategy.name": "margin"}).strategy.model_dump() == {"name": "margin", "budget": 7}
 
 
 def test_probability_heuristics_rank_the_known_ambiguous_points():
@@ -40,7 +53,7 @@ def test_probability_heuristics_rank_the_known_ambiguous_points():
 def test_bald_is_zero_when_draws_agree_and_high_when_they_disagree():
     agree = np.tile([[0.5, 0.5]], (10, 1))[:, None, :]
     disagree = np.array([[1.0, 0.0], [0.0, 1.0]] * 5)[:, None, :]
-    scores = uncertainty.bald(np.concatenate([agree, disagree], axis=1))
+    scores = bald.bald(np.concatenate([agree, disagree], axis=1))
     assert scores[0] == pytest.approx(0.0, abs=1e-9)  # uncertain, but the model's weights agree: no information
     assert scores[1] == pytest.approx(np.log(2), rel=1e-6)
 
@@ -126,42 +139,33 @@ def test_kmeans_representatives_take_one_per_cluster():
     assert sorted(int(r) // 20 for r in reps) == [0, 1, 2]
 
 
-# ---- end to end through Ray, against the same computation in one process ------------------------------------
+# ---- end to end through Ray, against the in-memory engine ---------------------------------------------------
 # The first 200 images (part of the fixture model's training set) count as labeled; 600 are candidates.
 LABELED = np.arange(0, 200, dtype=np.int64)
 # A few strategies run with two actors and several blocks, the rest with one: sharding must not matter.
 SHARDED = {"margin", "badge", "noise_stability", "coreset"}
+# Settings that keep a strategy's run short on 2 cores.
+QUICK = {"noise_stability": {"noise_stability": {"draws": 5}}}
 
 
-@pytest.fixture(scope="module")
-def small_pool(sample_pools, tmp_path_factory):
-    from raydm2 import pool
+def labeled_rows(pool_uri: str) -> pa.Table:
+    from raydm2.data import pool
 
-    table = pool.read_columns(sample_pools["mnist_train"], ["id", "image", "label"]).sort_by("id").slice(0, 800)
-    uri = str(tmp_path_factory.mktemp("strategies") / "pool")
-    pool.append(uri, table.column("image").to_pylist(), table.column("label").to_pylist())
-    return uri
+    table = pool.read_columns(pool_uri, ["id", "label"]).sort_by("id").slice(0, len(LABELED))
+    return pa.table({"id": table.column("id"), "label": table.column("label").cast(pa.int64())})
 
 
-@pytest.mark.parametrize("name", sorted(set(STRATEGY_NAMES) - {"dm2"}))
-def test_strategy_end_to_end_equals_in_process(ray_cluster, small_pool, trained_checkpoint, name):
-    from raydm2 import pool
-
+@pytest.mark.parametrize("name", strategies.names())
+def test_strategy_on_ray_equals_the_in_memory_engine(ray_cluster, small_pool, trained_checkpoint, name):
     cfg = ProjectConfig(name="t", pool=small_pool, classes=CLASSES, seed=7,
-                        strategy={"name": name, "budget": 12, "noise_stability": {"draws": 5}})
-    table = pool.read_columns(cfg.pool, ["id", "label"]).sort_by("id").slice(0, len(LABELED))
-    labeled = pa.table({"id": table.column("id"), "label": table.column("label").cast(pa.int64())})
+                        strategy={"name": name, "budget": 12, **QUICK.get(name, {})})
+    labeled = labeled_rows(cfg.pool)
     opts = AcquireOptions(actors=2, batch_size=100, blocks=3) if name in SHARDED else AcquireOptions(actors=1)
-    result = acquire(cfg, trained_checkpoint, 1, LABELED, labeled, opts=opts)
+    result = acquire(cfg.acquire_request(trained_checkpoint, 1, LABELED, labeled), opts)
     sel = result.selection
     assert sel.num_rows == 12 and sel.column_names[:3] == ["id", "rank", "score"]
     assert sel.column("rank").to_pylist() == list(range(12))
     assert not np.isin(sel.column("id").to_numpy(), LABELED).any()
     assert len(set(sel.column("id").to_pylist())) == 12
     assert result.counts["candidates"] == 600
-    ids, pixels = load_unlabeled(cfg.pool, 28, 1, set(LABELED.tolist()))
-    lab_ids, lab_pixels = load_unlabeled(cfg.pool, 28, 1, set(ids.tolist()))
-    label_of = dict(zip(labeled.column("id").to_pylist(), labeled.column("label").to_pylist()))
-    want = reference.select(cfg, trained_checkpoint, 1, ids, pixels, lab_ids, lab_pixels,
-                            np.array([label_of[int(i)] for i in lab_ids]))
-    assert sel.column("id").to_pylist() == want.tolist()
+    assert_same_selection(sel, local_selection(cfg, trained_checkpoint, 1, LABELED, labeled))

@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raydm2 import checkpoint, pool
-from raydm2.config import ProjectConfig
-from raydm2.dm2 import to_tensor
-from raydm2.fgsm import dm2at_loss, fgsm
-from raydm2.images import decode
-from raydm2.models import ModelSpec, build
-from raydm2.train import TrainOptions, fit
+from raydm2.models import checkpoint
+from raydm2.data import pool
+from raydm2.ledger.config import ProjectConfig
+from raydm2.data.images import to_tensor
+from raydm2.models.fgsm import dm2at_loss, fgsm
+from raydm2.data.images import decode
+from raydm2.models.registry import ModelSpec, build
+from raydm2.training.ray_trainer import TrainOptions, fit
 
 SPEC = ModelSpec("small_cnn", 10, 1, 28)
 
@@ -32,13 +33,15 @@ def cfg(pools, **train):
                          classes=[str(i) for i in range(10)], train={"epsilon": 2 / 255, **train})
 
 
-def test_two_worker_ddp_learns_on_disjoint_shards_without_extra_allreduce(ray_cluster, sample_pools, tmp_path):
+def test_two_worker_ddp_learns_on_disjoint_shards_without_extra_allreduce(ray_cluster, sample_pools, tmp_path,
+                                                                         monkeypatch):
     ids = np.arange(1000, 1800)
     config = cfg(sample_pools, epochs=3, num_workers=2, batch_size=50)
     shards = tmp_path / "shards"
     shards.mkdir()
+    monkeypatch.setenv("RAYDM2_TEST_SHARD_LOG_DIR", str(shards))
     weights, metrics = fit(config, labels_for(config.pool, ids), str(tmp_path / "runs"), pafs.LocalFileSystem(),
-                           "ddp", TrainOptions(shard_log_dir=str(shards)))
+                           "ddp")
     r0, r1 = np.load(shards / "rank0.npy"), np.load(shards / "rank1.npy")
     assert len(np.intersect1d(r0, r1)) == 0 and np.array_equal(np.sort(np.concatenate([r0, r1])), ids)
     assert metrics["epoch"] == 3 and metrics["train_loss"] < math.log(10) * 0.6
@@ -51,23 +54,29 @@ def test_two_worker_ddp_learns_on_disjoint_shards_without_extra_allreduce(ray_cl
     model.load_state_dict(weights)
 
 
-def test_killed_worker_resumes_from_checkpoint(ray_cluster, sample_pools, tmp_path):
+def fail_once_at_epoch(monkeypatch, epoch: int, marker) -> None:
+    """The worker SIGKILLs itself once, right after reporting `epoch` (raydm2.training.hooks)."""
+    monkeypatch.setenv("RAYDM2_TEST_FAIL_AT_EPOCH", str(epoch))
+    monkeypatch.setenv("RAYDM2_TEST_FAIL_MARKER", str(marker))
+
+
+def test_killed_worker_resumes_from_checkpoint(ray_cluster, sample_pools, tmp_path, monkeypatch):
     config = cfg(sample_pools, epochs=4, num_workers=1)
-    opts = TrainOptions(max_failures=1, fail_once_at_epoch=2, fail_marker=str(tmp_path / "failed-once"))
+    fail_once_at_epoch(monkeypatch, 2, tmp_path / "failed-once")
     _, metrics = fit(config, labels_for(config.pool, np.arange(200)), str(tmp_path / "runs"),
-                     pafs.LocalFileSystem(), "resume", opts)
+                     pafs.LocalFileSystem(), "resume", TrainOptions(max_failures=1))
     assert (tmp_path / "failed-once").exists()
     # The worker dies right after reporting epoch 2: Ray Train resumes from the last checkpoint it had
     # persisted by then (epoch 2's report may die with the worker), never from scratch.
     assert metrics["resumed_from_epoch"] in (1, 2) and metrics["epoch"] == 4
 
 
-def test_rerunning_a_killed_run_resumes_rather_than_restarts(ray_cluster, sample_pools, tmp_path):
+def test_rerunning_a_killed_run_resumes_rather_than_restarts(ray_cluster, sample_pools, tmp_path, monkeypatch):
     config = cfg(sample_pools, epochs=3, num_workers=1, adversarial="off")
     labels = labels_for(config.pool, np.arange(200))
-    killed = TrainOptions(max_failures=0, fail_once_at_epoch=2, fail_marker=str(tmp_path / "killed"))
+    fail_once_at_epoch(monkeypatch, 2, tmp_path / "killed")
     with pytest.raises(Exception) as failure:
-        fit(config, labels, str(tmp_path / "runs"), pafs.LocalFileSystem(), "rerun", killed)
+        fit(config, labels, str(tmp_path / "runs"), pafs.LocalFileSystem(), "rerun", TrainOptions(max_failures=0))
     assert "worker" in str(failure.value).lower()
     _, metrics = fit(config, labels, str(tmp_path / "runs"), pafs.LocalFileSystem(), "rerun", TrainOptions())
     assert metrics["resumed_from_epoch"] in (1, 2) and metrics["epoch"] == 3
@@ -113,7 +122,7 @@ def test_zero_epsilon_is_exactly_plain_training(test_batch):
 
 
 def test_epochs_use_near_equal_batches_not_a_ragged_last_one():
-    from raydm2.train import even_batches
+    from raydm2.training.epochs import even_batches
 
     assert [len(b) for b in even_batches(np.arange(100), 96)] == [50, 50]
     assert [len(b) for b in even_batches(np.arange(192), 96)] == [96, 96]
@@ -121,3 +130,12 @@ def test_epochs_use_near_equal_batches_not_a_ragged_last_one():
     assert even_batches(np.arange(0), 96) == []
     order = np.random.default_rng(0).permutation(250)
     assert np.array_equal(np.concatenate(even_batches(order, 64)), order)  # every row once, order kept
+
+
+def test_use_gpu_on_a_cluster_without_gpus_is_refused_before_any_work(ray_cluster, sample_pools, tmp_path):
+    from raydm2.errors import RayDM2Error
+
+    config = cfg(sample_pools, use_gpu=True)
+    with pytest.raises(RayDM2Error, match="train.use_gpu is true but the Ray cluster has no GPU"):
+        fit(config, labels_for(config.pool, np.arange(50)), str(tmp_path / "runs"), pafs.LocalFileSystem(), "gpu")
+    assert not (tmp_path / "runs").exists()

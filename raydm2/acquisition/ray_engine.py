@@ -1,0 +1,283 @@
+"""The distributed engine: every operation of `Engine` on Ray Data (SPEC section 5).
+
+    read pool ─ drop excluded ids ─ decode (CPU tasks) ─ model actors (checkpoint loaded once per actor)
+
+then per-block top-B merged on the driver, one gather actor for global algorithms, or DM2's neighbour search
+(index built by one task, searched by actors that each hold it) and the hash joins that bring neighbour pixels to
+their anchor. The driver holds only ids of previously selected images and O(B) candidates: its memory does not
+grow with the pool.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy
+
+from raydm2.acquisition.engine import Engine, Handle, sorted_by_id
+from raydm2.acquisition.knn import KnnSettings, NeighbourSearcher, build_index
+from raydm2.acquisition.mixing import DM2Params, mean_partner, unit
+from raydm2.acquisition.model_actors import Embedder
+from raydm2.acquisition.request import AcquireOptions, AcquireRequest
+from raydm2.acquisition.topk import TopK
+from raydm2.data import pool
+from raydm2.data.images import decode, decode_batch
+from raydm2.data.storage import Location
+from raydm2.errors import RayDM2Error
+from raydm2.runtime import ActorPlan, plan_actors
+
+ROWS_PER_JOIN_PARTITION = 50_000
+
+
+class RayEngine(Engine):
+    def __init__(self, request: AcquireRequest, opts: AcquireOptions | None = None):
+        super().__init__(request)
+        self.opts = opts or AcquireOptions()
+
+    # ---- the pool through a model -------------------------------------------------------------------------
+    def _plan(self) -> ActorPlan:
+        return plan_actors(self.opts.actors, self.opts.use_gpu)
+
+    def _read_pool(self) -> ray.data.Dataset:
+        parts = pool.part_uris(self.request.pool)
+        return ray.data.read_parquet(parts, override_num_blocks=self.opts.blocks).select_columns(["id", "image"])
+
+    def _decode(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        spec = self.request.model
+        return ds.map_batches(decode_batch, fn_kwargs={"size": spec.image_size, "channels": spec.channels},
+                              batch_format="numpy", batch_size=self.opts.batch_size, num_cpus=0.5)
+
+    def _map_model(self, ds: ray.data.Dataset, model_fn, **kwargs) -> ray.data.Dataset:
+        """A `ModelActor` subclass in an actor pool laid out from free resources, or a plain function as tasks."""
+        if not isinstance(model_fn, type):
+            return ds.map_batches(model_fn, fn_kwargs=kwargs, batch_format="numpy", num_cpus=0.25)
+        plan = self._plan()
+        return ds.map_batches(
+            model_fn,
+            fn_constructor_kwargs={"checkpoint_uri": self.request.checkpoint, "spec": self.request.model, **kwargs,
+                                   "threads": plan.threads, "use_gpu": plan.uses_gpu},
+            compute=ActorPoolStrategy(size=plan.size),
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+            batch_size=self.opts.batch_size,
+            batch_format="numpy",
+        )
+
+    def score(self, model_fn, stage: str | None = None, on: Handle | None = None, **kwargs) -> Handle:
+        if on is not None:
+            # Materialised: the result is small (per-block winners) and may be read more than once.
+            return self._map_model(on, model_fn, **kwargs).materialize()
+        ds = self._decode(_restrict(self._read_pool(), excluded=self.request.excluded))
+        return self._checked(self._map_model(ds, model_fn, **kwargs).materialize(), stage, 0)
+
+    def embed(self, with_labeled: bool = False):
+        req = self.request
+        if not with_labeled:
+            embedded, from_cache = self._embed_pool(excluded=req.excluded)
+            return self._checked(embedded, "embed_s", from_cache)
+        # One pass over unlabeled and labeled images together, so both come from (and go into) one cache.
+        labeled_ids = req.labeled.column("id").to_numpy()
+        embedded, from_cache = self._embed_pool()
+        labeled = _restrict(embedded, only=labeled_ids).map_batches(_keep_ok, batch_format="numpy", num_cpus=0.25)
+        unlabeled = _restrict(embedded, excluded=np.union1d(req.excluded, labeled_ids)).materialize()
+        return self._checked(unlabeled, "embed_s", from_cache), labeled
+
+    def _embed_pool(self, excluded: np.ndarray | None = None) -> tuple[ray.data.Dataset, int]:
+        """Read, restrict, decode, embed; returns the materialised (id, z, conf, ok, finite) dataset and how many
+        rows came from the cache.
+
+        With a cache (one folder per checkpoint), images embedded before are not embedded again: the pool is
+        anti-joined with the cached ids, only the rest goes through the model, and those new embeddings are added
+        to the cache as one more folder, renamed into place whole so a crash never leaves a partial one.
+        """
+        cache = self.request.cache
+        ds = _restrict(self._read_pool(), excluded=excluded)
+        cached = None
+        parts = [cache.join(name).uri for name in cache.list_dir() if name.startswith("part-")] if cache else []
+        if parts:
+            cached = _restrict(ray.data.read_parquet(parts), excluded=excluded).materialize()
+            ds = ds.join(cached.select_columns(["id"]), "left_anti", max(self._plan().size, 1), on=("id",))
+        ds = self._map_model(self._decode(ds), Embedder).materialize()
+        if cache is not None and ds.count():
+            new = _count_rows(ds)
+            if new["ok"] == new["finite"]:  # a diverged model's output is refused later and must not be cached
+                _add_to_cache(ds, cache)
+        if cached is None:
+            return ds, 0
+        return cached.union(ds).materialize(), cached.count()
+
+    def _checked(self, ds: ray.data.Dataset, stage: str | None, from_cache: int) -> ray.data.Dataset:
+        """Count rows, decodable rows and finite outputs into the manifest's counts; refuse a diverged model or an
+        exhausted pool; keep only the usable rows."""
+        counts = _count_rows(ds)
+        if stage:
+            self.lap(stage)
+        if counts["ok"] - counts["finite"]:
+            raise RayDM2Error(
+                f"the model produced NaN/inf for {counts['ok'] - counts['finite']} images: the checkpoint"
+                f" {self.request.checkpoint} looks diverged; retrain before acquiring"
+            )
+        if counts["ok"] == 0:
+            raise RayDM2Error(f"no unlabeled, decodable images left in pool {self.request.pool!r}")
+        self.counts.update({
+            "pool_rows_read": counts["rows"], "skipped_undecodable": counts["rows"] - counts["ok"],
+            "candidates": counts["ok"], "excluded_ids": int(len(self.request.excluded)),
+            "embeddings_from_cache": from_cache, "embeddings_computed": counts["rows"] - from_cache})
+        if counts["rows"] == counts["ok"]:
+            return ds
+        return ds.map_batches(_keep_ok, batch_format="numpy", num_cpus=0.25)
+
+    # ---- CPU work, reductions ----------------------------------------------------------------------------
+    def map(self, handle: Handle, fn, **kwargs) -> Handle:
+        return handle.map_batches(fn, fn_kwargs=kwargs, batch_format="numpy", num_cpus=0.5)
+
+    def top(self, handle: Handle, keep: int) -> pa.Table | None:
+        """Stream the per-block rows to the driver and keep the exact global best `keep` (O(keep) memory)."""
+        best = TopK(keep)
+        for block in handle.iter_batches(batch_format="pyarrow", batch_size=None):
+            best.push(block)
+        return best.result()
+
+    def gather(self, fn, inputs: dict[str, tuple[Handle, list[str]]], **kwargs):
+        actor = Gatherer.remote()
+        try:
+            return ray.get(actor.run.remote(fn, inputs, kwargs))
+        finally:
+            ray.kill(actor)
+
+    # ---- DM2's neighbours and partner pixels -------------------------------------------------------------
+    def neighbours(self, embedded: Handle, knn: KnnSettings, params: DM2Params) -> Handle:
+        n = self.counts["candidates"]
+        index_ref = _build_index.options(num_cpus=1).remote(embedded, n, knn, params.seed, params.round)
+        self.index = ray.get(_describe.remote(index_ref))
+        self.lap("index_s")
+        plan = self._plan()
+        searched = embedded.map_batches(
+            NeighbourSearcher,
+            fn_constructor_kwargs={"index": [index_ref], "params": params, "threads": plan.threads},
+            compute=ActorPoolStrategy(size=plan.size),
+            num_cpus=plan.num_cpus,
+            batch_size=max(self.opts.batch_size, 1024),
+            batch_format="numpy",
+        ).materialize()
+        del index_ref
+        self.lap("search_s")
+        return searched
+
+    def with_partners(self, searched: Handle, mean: bool) -> Handle:
+        # At least one join partition per scoring actor, so every actor of the pool gets blocks to score.
+        partitions = max(self._plan().size, math.ceil(self.counts["candidates"] / ROWS_PER_JOIN_PARTITION))
+        images = self._read_pool()
+        anchors = searched.join(images, "inner", partitions, on=("id",))
+        if not mean:
+            nbr_images = images.rename_columns({"id": "nbr_id", "image": "nbr_image"})
+            return anchors.join(nbr_images, "inner", partitions, on=("nbr_id",))
+        spec = self.request.model
+        exploded = searched.map_batches(_explode_neighbours, batch_format="numpy", num_cpus=0.25)
+        nbr_images = images.rename_columns({"id": "nbr", "image": "nbr_image"})
+        partners = exploded.join(nbr_images, "inner", partitions, on=("nbr",)).groupby("id").map_groups(
+            _mean_partner, fn_kwargs={"size": spec.image_size, "channels": spec.channels},
+            batch_format="numpy", num_cpus=0.5)
+        return anchors.join(partners, "inner", partitions, on=("id",))
+
+
+# ---- tasks and actors ----------------------------------------------------------------------------------------
+def _restrict(ds: ray.data.Dataset, excluded: np.ndarray | None = None, only: np.ndarray | None = None):
+    """Drop the `excluded` ids, or keep `only` those ids. The id array travels as one shared ObjectRef."""
+    if only is not None:
+        return ds.map_batches(_keep_ids, fn_kwargs={"wanted": [ray.put(np.asarray(only, np.int64))]},
+                              batch_format="numpy", num_cpus=0.25)
+    if excluded is not None:
+        return ds.map_batches(_drop_ids, fn_kwargs={"excluded": [ray.put(np.asarray(excluded, np.int64))]},
+                              batch_format="numpy", num_cpus=0.25)
+    return ds
+
+
+def _drop_ids(batch: dict, excluded: list) -> dict:
+    """`excluded` is a one-element list holding the ObjectRef of the id array: Ray Data does not resolve refs
+    inside fn_kwargs, and passing the array itself would copy it into every task's arguments."""
+    keep = ~np.isin(batch["id"], ray.get(excluded[0]))
+    return {name: col[keep] for name, col in batch.items()}
+
+
+def _keep_ids(batch: dict, wanted: list) -> dict:
+    keep = np.isin(batch["id"], ray.get(wanted[0]))
+    return {name: col[keep] for name, col in batch.items()}
+
+
+def _keep_ok(batch: dict) -> dict:
+    ok = batch["ok"].astype(bool)
+    return {name: col[ok] for name, col in batch.items()}
+
+
+def _count_rows(ds: ray.data.Dataset) -> dict:
+    """Rows, decodable rows, and decodable rows whose model outputs are finite (columns `ok`, `finite`)."""
+    rows = ok = finite = 0
+    for b in ds.select_columns(["ok", "finite"]).iter_batches(batch_format="numpy", batch_size=65_536):
+        rows += len(b["ok"])
+        ok += int(b["ok"].sum())
+        finite += int((b["finite"] & b["ok"]).sum())
+    return {"rows": rows, "ok": ok, "finite": finite}
+
+
+def _add_to_cache(embedded: ray.data.Dataset, cache: Location) -> None:
+    name = f"part-{time.time_ns()}"
+    staging = cache.join(f".staging-{name}")
+    embedded.write_parquet(staging.uri)
+    if cache.is_local:
+        os.replace(staging.path, cache.join(name).path)
+    else:  # object stores have no directory rename: write the final folder directly (each file is one put)
+        embedded.write_parquet(cache.join(name).uri)
+        staging.delete()
+
+
+@ray.remote
+def _build_index(embeddings: ray.data.Dataset, n: int, knn: KnnSettings, seed: int, round_: int):
+    """Runs as a task: streams the embeddings (twice for IVF) so the driver never holds them."""
+
+    def batches():
+        for b in embeddings.select_columns(["id", "z"]).iter_batches(batch_format="numpy", batch_size=65_536):
+            yield b["id"], unit(b["z"])
+
+    return build_index(batches, n, knn, seed, round_)
+
+
+@ray.remote(num_cpus=0)
+def _describe(index) -> dict:
+    return index.describe()
+
+
+def _explode_neighbours(batch: dict) -> dict:
+    nbrs = np.asarray(batch["nbr_ids"])
+    return {"id": np.repeat(batch["id"], nbrs.shape[1]), "nbr": nbrs.reshape(-1)}
+
+
+def _mean_partner(group: dict, size: int, channels: int) -> dict:
+    """One group per anchor: the decoded pixels of all its k neighbours, averaged."""
+    pixels = np.stack([decode(b, size, channels) for b in group["nbr_image"]])
+    return {"id": group["id"][:1], "partner": mean_partner(pixels)[None]}
+
+
+@ray.remote(num_cpus=1)
+class Gatherer:
+    """Holds every vector of one acquisition for algorithms that need them all at once (k-center, k-means).
+
+    It lives off the driver, so the driver's memory stays flat; the actor's own memory is
+    rows × dim × 4 bytes, which bounds the pool size such strategies handle exactly (docs/strategies.md).
+    """
+
+    def run(self, fn, inputs: dict, kwargs: dict):
+        arrays = {}
+        for name, (ds, columns) in inputs.items():
+            parts: dict[str, list] = {c: [] for c in columns}
+            for b in ds.select_columns(columns).iter_batches(batch_format="numpy", batch_size=65_536):
+                for c in columns:
+                    parts[c].append(b[c])
+            arrays[name] = sorted_by_id({c: np.concatenate(parts[c]) if parts[c] else np.empty(0) for c in columns})
+        return fn(**arrays, **kwargs)

@@ -1,0 +1,116 @@
+"""DM2 (SPEC section 3): each unlabeled image is mixed at pixel level with a near neighbour under the combined
+L2+L1 distance of penultimate features, and the images whose mixes the model is least sure about are selected.
+
+    embed ─ neighbours (exact or FAISS IVF + exact re-rank) ─ partner pixels ─ MixScorer (mix, score, top-B)
+
+With `dedupe_radius` the walk over candidates may skip any number of them (an image that is a neighbour of many
+candidates knocks all of them out), so the candidates are kept whole and the walk widens until it has B or has
+seen every candidate: the result is the one a walk over all candidates gives.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from raydm2.acquisition.knn import KnnSettings
+from raydm2.acquisition.mixing import (TAU_SAMPLE, DM2Params, mix, mix_lambda, tau_sample_scores, uncertainty)
+from raydm2.acquisition.model_actors import ModelActor
+from raydm2.acquisition.ranking import finalize
+from raydm2.acquisition.request import StrategySettings
+from raydm2.acquisition.strategies import register
+from raydm2.acquisition.topk import top_rows
+from raydm2.data.images import decode
+from raydm2.errors import RayDM2Error
+
+
+class Settings(StrategySettings):
+    name: Literal["dm2"] = "dm2"
+    lam: float = Field(0.8, gt=0.0, lt=1.0)
+    mix: Literal["random", "mean", "adaptive"] = "random"
+    dedupe_radius: float | None = Field(None, gt=0.0)
+    knn: KnnSettings = KnnSettings()
+
+
+def candidate_table(ids, score, partner, lam, anchor_conf, partner_dist, nbr_ids, nbr_dists) -> pa.Table:
+    """The one candidate schema of both engines."""
+    k = nbr_ids.shape[1]
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "score": pa.array(score, pa.float64()),
+            "neighbor_id": pa.array(partner, pa.int64()),
+            "mix_lambda": pa.array(lam, pa.float64()),
+            "anchor_conf": pa.array(anchor_conf, pa.float64()),
+            "neighbor_dist": pa.array(partner_dist, pa.float64()),
+            "nbr_ids": pa.FixedSizeListArray.from_arrays(pa.array(nbr_ids.reshape(-1), pa.int64()), k),
+            "nbr_dists": pa.FixedSizeListArray.from_arrays(pa.array(nbr_dists.reshape(-1), pa.float64()), k),
+        }
+    )
+
+
+class MixScorer(ModelActor):
+    """Mixes each anchor with its partner, scores the mix, and returns the batch's best `keep` candidates (all of
+    them with `keep=None`). Because the order (score descending, id ascending) is total, merging these local winners
+    gives exactly the global top-B. Anchor and partner come as image bytes (`image`, `nbr_image`, decoded here) or
+    as pixels (`pixels`, `partner`; the mean of k neighbours is always pixels)."""
+
+    def __init__(self, checkpoint_uri, spec, threads, use_gpu, params: DM2Params, tau: float | None, keep: int | None):
+        super().__init__(checkpoint_uri, spec, threads, use_gpu)
+        self.spec, self.params, self.tau, self.keep = spec, params, tau, keep
+
+    def _pixels(self, batch: dict, pixels: str, encoded: str) -> np.ndarray:
+        if pixels in batch:
+            return np.asarray(batch[pixels])
+        return np.stack([decode(b, self.spec.image_size, self.spec.channels) for b in batch[encoded]])
+
+    def __call__(self, batch: dict) -> pa.Table:
+        lam = mix_lambda(batch["nbr_dist"], self.params, self.tau)
+        mixed = mix(self._pixels(batch, "pixels", "image"), self._pixels(batch, "partner", "nbr_image"), lam)
+        score, _ = uncertainty(self.forward(mixed)[0])
+        table = candidate_table(batch["id"], score, batch["nbr_id"], lam, batch["conf"], batch["nbr_dist"],
+                                np.asarray(batch["nbr_ids"]), np.asarray(batch["nbr_dists"]))
+        return table if self.keep is None else top_rows(table, self.keep)
+
+
+def tau_sample(batch: dict, params: DM2Params) -> dict:
+    """(id, score, d): the TAU_SAMPLE ids with the highest `score` are τ's seeded sample of anchors."""
+    return {"id": batch["id"], "score": tau_sample_scores(batch["id"], params), "d": batch["nbr_dist"]}
+
+
+def select(engine, scored, budget: int, k: int, radius: float | None) -> tuple[pa.Table, list[str]]:
+    """The top B of the scored candidates; with `radius`, the best-first walk that skips near-duplicates. The walk
+    starts with the best B·(k+1) candidates (enough unless one image is a near neighbour of more than k of them)
+    and widens until it has B or has seen every candidate."""
+    keep = budget * (k + 1) if radius else budget
+    while True:
+        best = engine.top(scored, keep)
+        selection, warnings = finalize(best, budget, radius)
+        if selection.num_rows == budget or best.num_rows < keep:
+            return selection, warnings
+        keep *= 2
+
+
+@register(Settings)
+def plan(engine, request):
+    settings = request.settings
+    params = DM2Params.from_settings(settings, request.seed, request.round)
+    embedded = engine.embed()
+    if engine.counts["candidates"] < 2:
+        raise RayDM2Error("DM2 needs at least 2 unlabeled images to mix")
+    searched = engine.neighbours(embedded, settings.knn, params)
+    tau = None
+    if params.mix == "adaptive":
+        # Our choice: τ is the median chosen-partner distance over a seeded sample, so memory stays bounded.
+        tau = float(np.median(engine.top(engine.map(searched, tau_sample, params=params), TAU_SAMPLE)
+                              .column("d").to_numpy()))
+    pairs = engine.with_partners(searched, mean=params.mix == "mean")
+    budget, radius = request.budget, params.dedupe_radius
+    scored = engine.score(MixScorer, on=pairs, params=params, tau=tau, keep=None if radius else budget)
+    selection, warnings = select(engine, scored, budget, params.k, radius)
+    engine.lap("mix_score_s")
+    engine.index.update(k=params.k, tau=tau)
+    return selection, warnings

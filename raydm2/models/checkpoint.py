@@ -1,0 +1,81 @@
+"""Checkpoint format: `<dir>/model.pt` (a plain state dict) and `<dir>/meta.json` (what it was trained as).
+
+Loading never unpickles arbitrary objects (`torch.load(weights_only=True)`), and the metadata is checked against
+the project before any work starts, so a checkpoint of another architecture or class count fails fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict
+
+import torch
+
+from raydm2.errors import RayDM2Error
+from raydm2.models.registry import Classifier, ModelSpec, build
+from raydm2.data.storage import Location, resolve
+
+WEIGHTS = "model.pt"
+META = "meta.json"
+
+
+def save(model: torch.nn.Module, spec: ModelSpec, directory: Location | str, extra: dict | None = None) -> None:
+    loc = resolve(directory) if isinstance(directory, str) else directory
+    module = getattr(model, "module", model)  # unwrap DDP
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    loc.join(WEIGHTS).write_bytes(buf.getvalue())
+    # meta.json last: its presence marks a complete checkpoint.
+    loc.join(META).write_text(json.dumps({"spec": asdict(spec), **(extra or {})}, indent=2, sort_keys=True))
+
+
+def fingerprint(directory: Location | str) -> str:
+    """Digest of the weights: embeddings computed with equal fingerprints are interchangeable."""
+    loc = resolve(directory) if isinstance(directory, str) else directory
+    return hashlib.sha256(loc.join(WEIGHTS).read_bytes()).hexdigest()[:16]
+
+
+def read_meta(directory: Location | str) -> dict:
+    loc = resolve(directory) if isinstance(directory, str) else directory
+    meta = loc.join(META)
+    if not meta.exists():
+        raise RayDM2Error(f"no checkpoint at {loc.uri} ({META} missing)")
+    try:
+        return json.loads(meta.read_text())
+    except ValueError as exc:
+        raise RayDM2Error(f"checkpoint metadata {meta.uri} is not valid JSON ({exc})") from None
+
+
+def check_compatible(directory: Location | str, expected: ModelSpec) -> None:
+    """Refuse a checkpoint trained for another architecture, class count, or image shape."""
+    spec = read_meta(directory).get("spec", {})
+    problems = [
+        f"{field} is {spec.get(field)!r}, project has {getattr(expected, field)!r}"
+        for field in ("arch", "num_classes", "channels", "image_size", "cifar_stem")
+        if spec.get(field) != getattr(expected, field)
+    ]
+    if problems:
+        where = directory.uri if isinstance(directory, Location) else directory
+        raise RayDM2Error(f"checkpoint {where} does not match the project: " + "; ".join(problems))
+
+
+def load(directory: Location | str, expected: ModelSpec, map_location="cpu") -> Classifier:
+    loc = resolve(directory) if isinstance(directory, str) else directory
+    check_compatible(loc, expected)
+    try:
+        state = torch.load(io.BytesIO(loc.join(WEIGHTS).read_bytes()), map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RayDM2Error(f"checkpoint {loc.uri} has no {WEIGHTS}") from None
+    except Exception as exc:  # torch raises UnpicklingError/RuntimeError variants for unsafe or corrupt files
+        raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is not a loadable state dict: {exc}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is not a state dict of tensors")
+    model = build(expected)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RayDM2Error(f"checkpoint {loc.uri} does not fit the model {expected.arch}: {exc}") from None
+    return model

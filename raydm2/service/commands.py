@@ -1,0 +1,233 @@
+"""The `raydm2` commands: each takes the parsed arguments, validates settings once, calls the library and prints
+what it did. `raydm2.service.cli` parses arguments and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from raydm2.data import ingest as ingest_mod
+from raydm2.data import pool
+from raydm2.errors import RayDM2Error
+from raydm2.ledger.config import merge_settings, nested, validate_config
+from raydm2.ledger.presets import PRESETS
+from raydm2.ledger.project import Project
+from raydm2.service import loop
+
+
+def _parse_set(values: list[str]) -> dict:
+    """`--set strategy.k=5` pairs; values are parsed as YAML scalars so numbers and booleans keep their type."""
+    out = {}
+    for item in values or []:
+        if "=" not in item:
+            raise RayDM2Error(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise RayDM2Error(f"--set {key}: cannot parse value {raw!r} ({exc})") from None
+    return out
+
+
+# ---- ingest --------------------------------------------------------------------------------------------------
+def cmd_ingest(args) -> None:
+    fmt = args.format
+    if fmt in ("mnist", "fashion_mnist"):
+        counts = ingest_mod.ingest_idx_dataset(args.root, args.out, source=fmt)
+    elif fmt == "idx":
+        x, y = ingest_mod.load_idx_pair(args.images, args.labels)
+        counts = {"rows": len(pool.append_arrays(args.out, x, y, "idx"))}
+    elif fmt == "cifar_npz":
+        counts = ingest_mod.ingest_npz_dataset(args.path, args.out, source="cifar10")
+    elif fmt == "cifar_batches":
+        x, y = ingest_mod.load_cifar_batches(args.files)
+        counts = {"rows": len(pool.append_arrays(args.out, x, y, "cifar10"))}
+    elif fmt == "folder":
+        rows, classes = ingest_mod.ingest_folder(args.root, args.out)
+        counts = {"rows": rows}
+        if classes:
+            print("classes (label index = position): " + ", ".join(classes))
+    elif fmt == "numpy":
+        x, y = ingest_mod.load_numpy(args.images, args.labels)
+        counts = {"rows": len(pool.append_arrays(args.out, x, y, "numpy"))}
+    elif fmt == "sample":
+        root = ingest_mod.sample_data_dir()
+        counts = {
+            f"mnist/{k}": v
+            for k, v in ingest_mod.ingest_idx_dataset(os.path.join(root, "mnist"), f"{args.out}/mnist", "mnist").items()
+        }
+        counts.update(
+            {
+                f"cifar10/{k}": v
+                for k, v in ingest_mod.ingest_npz_dataset(
+                    os.path.join(root, "cifar10", "cifar10_sample.npz"), f"{args.out}/cifar10", "cifar10"
+                ).items()
+            }
+        )
+    else:  # argparse restricts choices; reaching here is a bug
+        raise AssertionError(fmt)
+    for name, rows in counts.items():
+        print(f"{name}: {rows} images appended")
+
+
+# ---- init / seed / status ------------------------------------------------------------------------------------
+def _settings(args) -> dict:
+    """Project settings from --preset, then --config, then --pool/--test-pool, then --set (later wins)."""
+    layers = [PRESETS[args.preset]] if args.preset else []
+    if args.config:
+        with open(args.config) as f:
+            try:
+                loaded = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise RayDM2Error(f"malformed {args.config}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise RayDM2Error(f"{args.config}: expected a mapping of settings, got {type(loaded).__name__}")
+        layers.append(loaded)
+    layers.append({k: v for k, v in {"pool": args.pool, "test_pool": args.test_pool}.items() if v})
+    return merge_settings(*layers, nested(_parse_set(args.set)))
+
+
+def cmd_init(args) -> None:
+    data = _settings(args)
+    data.setdefault("name", args.name or os.path.basename(os.path.abspath(args.project)))
+    project = loop.create_project(args.project, validate_config(data, source="project settings"))
+    print(f"created project {project.config.name!r} at {args.project}")
+
+
+def cmd_seed(args) -> None:
+    project = Project.open(args.project)
+    selection = loop.seed(project, args.n)
+    print(f"round 0: {selection.num_rows} images selected at random (seed {project.config.seed})")
+
+
+def cmd_schedule(args) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    from raydm2.service import schedule
+
+    if args.once == bool(args.every):
+        raise RayDM2Error("give exactly one of --once (for cron) or --every INTERVAL (e.g. 24h)")
+    address = args.address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    client = JobSubmissionClient(address)
+    if args.once:
+        print(schedule.schedule_once(client, Project.open(args.project), args.job).reason)
+    else:
+        schedule.run_every(client, args.project, schedule.parse_interval(args.every), args.job)
+
+
+def cmd_report(args) -> None:
+    from raydm2.service import report
+
+    project = Project.open(args.project)
+    for path in report.write(project, args.out, args.round):
+        print(f"wrote {path}")
+
+
+def cmd_status(args) -> None:
+    project = Project.open(args.project)
+    print(f"project {project.config.name} ({project.uri}); pool {project.config.pool}")
+    print(f"{'round':>5}  {'state':<10} {'strategy':<16} {'selected':>8} {'labels':>6}  {'clean':>6} {'robust':>6}  seconds")
+    for n in project.round_ids():
+        m = project.manifest(n)
+        sel = m["counts"].get("selected", "-")
+        labels = project.labels(n).num_rows
+        clean = m["metrics"].get("clean_accuracy")
+        robust = m["metrics"].get("robust_accuracy")
+        timings = " ".join(f"{k}={v:.1f}" for k, v in m["timings"].items())
+        print(
+            f"{n:>5}  {m['state']:<10} {m['strategy']:<16} {sel:>8} {labels:>6}  "
+            f"{'-' if clean is None else f'{clean:.3f}':>6} {'-' if robust is None else f'{robust:.3f}':>6}  {timings}"
+        )
+    print(f"labels in total: {project.all_labels().num_rows}")
+
+
+def _open_with_overrides(args) -> Project:
+    """Open the project and apply `--set` overrides for this run only (project.yaml is not rewritten)."""
+    project = Project.open(args.project)
+    overrides = _parse_set(getattr(args, "set", None))
+    if overrides:
+        project.config = project.config.with_overrides(overrides)
+    return project
+
+
+def cmd_label(args) -> None:
+    if args.oracle == bool(args.file):
+        raise RayDM2Error("give either a label file (--file) or --oracle (ground truth from the pool, simulation)")
+    result = loop.label(Project.open(args.project), file=args.file, fmt=args.format, oracle=args.oracle,
+                        round_=args.round, allow_unselected=args.allow_unselected)
+    print(f"round {result['round']}: {result['labels']} labels ({'complete' if result['complete'] else 'partial'})")
+
+
+def cmd_export(args) -> None:
+    from raydm2.ledger import exchange
+
+    project = Project.open(args.project)
+    n = args.round if args.round is not None else project.latest_in_state("selected", "exported")
+    if n is None:
+        raise RayDM2Error("no round with a selection to export")
+    count = exchange.export(project, n, args.format, args.out, args.url_prefix)
+    print(f"round {n}: exported {count} items to {args.out}")
+
+
+def cmd_train(args) -> None:
+    project = _open_with_overrides(args)
+    metrics = loop.train(project, args.round)
+    print("trained: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in sorted(metrics.items()) if v is not None))
+
+
+def _acquire_options(args, project: Project):
+    """project.yaml's `compute` section, with --actors / --batch-size taking precedence for this run."""
+    from raydm2.acquisition import AcquireOptions
+
+    compute = project.config.compute
+    return AcquireOptions(actors=args.actors or compute.actors, batch_size=args.batch_size or compute.batch_size)
+
+
+def cmd_acquire(args) -> None:
+    project = _open_with_overrides(args)
+    selection = loop.acquire(project, _acquire_options(args, project))
+    n = project.latest_round()
+    m = project.manifest(n)
+    print(f"round {n}: selected {selection.num_rows} images with {m['strategy']}; "
+          + " ".join(f"{k}={v:.1f}s" for k, v in m["timings"].items()))
+    for warning in m.get("warnings", []):
+        print(f"warning: {warning}")
+
+
+def cmd_requery(args) -> None:
+    project = _open_with_overrides(args)
+    selection, where = loop.requery(project, _acquire_options(args, project))
+    print(f"requery: ranked {selection.num_rows} images into {where}")
+
+
+def cmd_round(args) -> None:
+    project = _open_with_overrides(args)
+    with project.writing():
+        cmd_train(args)
+        cmd_acquire(args)
+
+
+def cmd_simulate(args) -> None:
+    from raydm2.runtime import connect
+    from raydm2.service.simulate import SimulationPlan, simulate
+
+    data = _settings(args)
+    data.setdefault("name", "simulation")
+    base = validate_config(data, source="simulation settings")
+    for name, value in (("--initial", args.initial), ("--per-round", args.per_round), ("--rounds", args.rounds)):
+        if value <= 0:
+            raise RayDM2Error(f"{name} must be positive, got {value}")
+    plan = SimulationPlan(base=base, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
+                          initial=args.initial, per_round=args.per_round, rounds=args.rounds, engine=args.engine)
+    if args.engine == "ray":
+        connect()
+    report = simulate(plan, args.out, title=args.title or f"{base.pool} ({', '.join(plan.strategies)})",
+                      records=args.records)
+    for name, s in sorted(report["summary"].items(), key=lambda kv: -kv[1]["aubc"]["mean"]):
+        print(f"{name:18s} AUBC {s['aubc']['mean']:.4f} ± {s['aubc']['std']:.4f}   final accuracy "
+              f"{s['final_accuracy']['mean']:.4f} ± {s['final_accuracy']['std']:.4f}")
+    print(f"wrote {args.out}/results.json, results.md, curves.png; records in {report['records']}")
+
+

@@ -1,0 +1,222 @@
+"""Round orchestration over the ledger: create a project, seed it, label, train, acquire, re-query.
+
+Each step takes the project lock, moves the round through its states and records counts and timings, so an
+interrupted step leaves the round in a state from which re-running the same step is safe.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from raydm2.data import pool
+from raydm2.errors import RayDM2Error
+from raydm2.acquisition.hashing import PURPOSE_SEED, uniform
+from raydm2.ledger.config import ProjectConfig
+from raydm2.ledger.project import Project
+from raydm2.acquisition.topk import TopK
+
+
+def create_project(uri: str, config: ProjectConfig) -> Project:
+    """A new project at `uri`, after checking that its pools exist, have the pool columns and unique ids."""
+    for pool_uri in filter(None, (config.pool, config.test_pool)):
+        pool.pool_info(pool_uri)
+    return Project.create(uri, config)
+
+
+def label(project: Project, ids=None, labels=None, file: str | None = None, fmt: str | None = None,
+          oracle: bool = False, round_: int | None = None, allow_unselected: bool = False) -> dict:
+    """Import labels into round `round_` (default: the latest round waiting for them), from exactly one of: arrays
+    `ids` and `labels` (class indices), a label `file` (CSV, JSONL or Label Studio export; `fmt` or the extension
+    says which), or the pool's ground truth (`oracle`, for simulations). Returns the round and its label counts."""
+    from raydm2.ledger import exchange
+    from raydm2.ledger import labels as ledger_labels
+
+    if sum((ids is not None, file is not None, bool(oracle))) != 1:
+        raise RayDM2Error("give exactly one source of labels: ids and labels, a file, or the oracle")
+    n = round_ if round_ is not None else project.latest_in_state("selected", "exported", "labeled")
+    if n is None:
+        raise RayDM2Error("no round is waiting for labels")
+    if oracle:
+        ids, labels = ledger_labels.oracle(project, n)
+    elif file is not None:
+        ids, labels = exchange.parse(file, project.config.classes, fmt)
+    result = ledger_labels.import_labels(project, n, ids, labels, allow_unselected=allow_unselected)
+    return {"round": n, **result}
+
+
+def seed_scores(ids: np.ndarray, seed: int, salt: int) -> pa.Table:
+    """(id, score): the hash of (seed, salt, id) that ranks pool images for the random round 0."""
+    return pa.table({"id": ids, "score": uniform(ids, seed, salt, PURPOSE_SEED)})
+
+
+def seed_candidates(project: Project, n: int, salt: int = 0) -> tuple[pa.Table, int]:
+    """The `n` pool ids with the highest `seed_scores`, best first, and the pool's row count.
+    Streams the id column so memory stays O(n) for any pool size."""
+    best = TopK(n)
+    rows = 0
+    for batch in pool.iter_batches(project.config.pool, ["id"]):
+        ids = batch.column(0).to_numpy()
+        rows += len(ids)
+        best.push(seed_scores(ids, project.config.seed, salt))
+    return best.result(), rows
+
+
+def seed(project: Project, n: int, salt: int = 0) -> pa.Table:
+    """Round 0: `n` pool images picked uniformly at random, as a pure function of (seed, salt, id)."""
+    if n <= 0:
+        raise RayDM2Error(f"seed size must be positive, got {n}")
+    with project.writing():
+        if project.has_round(0):
+            raise RayDM2Error(
+                f"round 0 already exists (state {project.manifest(0)['state']!r}); the project is already seeded"
+            )
+        started = time.perf_counter()
+        chosen, rows = seed_candidates(project, n, salt)
+        if rows == 0:
+            raise RayDM2Error(f"pool {project.config.pool!r} is empty")
+        if n > rows:
+            raise RayDM2Error(f"seed size {n} is larger than the pool ({rows} images)")
+        selection = pa.table(
+            {
+                "id": chosen.column("id"),
+                "rank": pa.array(np.arange(chosen.num_rows, dtype=np.int32)),
+                "score": chosen.column("score"),
+            }
+        )
+        # The ledger is touched only once the selection exists, so a refused seed leaves no round behind.
+        project.new_round(0, strategy="random")
+        project.update(0, state="acquiring")
+        project.write_selection(0, selection)
+        project.update(
+            0,
+            state="selected",
+            counts={"pool_rows": rows, "selected": selection.num_rows, "seed_salt": salt},
+            timings={"select_s": round(time.perf_counter() - started, 4)},
+        )
+    return selection
+
+
+def train(project: Project, round_: int | None = None, opts=None) -> dict:
+    """Train on every label up to round n (default: the latest labeled round); the weights become round n's
+    checkpoint, which the next acquisition loads. Re-running a killed training of the same round resumes it."""
+    from raydm2.models import checkpoint
+    from raydm2.models.registry import build
+    from raydm2.runtime import connect
+    from raydm2.training import counterparts
+    from raydm2.training import ray_trainer as train_mod
+
+    opts = opts or train_mod.TrainOptions()
+    with project.writing():
+        n = round_ if round_ is not None else project.latest_in_state("labeled", "trained")
+        if n is None:
+            raise RayDM2Error("no labeled round to train on: import labels first (`raydm2 label`)")
+        state = project.manifest(n)["state"]
+        if state not in ("labeled", "trained"):
+            raise RayDM2Error(f"round {n} is {state!r}; train needs its labels imported first")
+        labels = project.all_labels(upto=n)
+        extra = counterparts.uris(project, n) if project.config.train.adversarial == "selection" else []
+        connect()
+        started = time.perf_counter()
+        storage = project.loc.join("train_runs")
+        weights, metrics = train_mod.fit(project.config, labels, storage.path, storage.fs, f"round-{n:04d}", opts,
+                                         counterpart_uris=extra)
+        spec = project.config.model_spec()
+        model = build(spec)
+        model.load_state_dict(weights)
+        checkpoint.save(model, spec, project.checkpoint_dir(n),
+                        extra={"round": n, "config_hash": project.config.hash(), "labels": labels.num_rows})
+        keep = ("clean_accuracy", "robust_accuracy", "train_loss", "images_per_s", "epoch", "test_images",
+                "eval_epsilon", "train_rows")
+        project.update(
+            n,
+            state="trained",
+            metrics={k: metrics[k] for k in keep if k in metrics},
+            counts={"labels_trained_on": labels.num_rows, "counterpart_files": len(extra)},
+            timings={"train_s": round(time.perf_counter() - started, 4)},
+        )
+    return metrics
+
+
+def acquire(project: Project, opts=None) -> pa.Table:
+    """Select round t+1 with the checkpoint of the latest trained round t. A round left in `acquiring` by a
+    crash is re-run from scratch; its result is the same because the selection is deterministic."""
+    from raydm2 import acquisition
+    from raydm2.models import checkpoint
+    from raydm2.runtime import connect
+    from raydm2.training import counterparts
+
+    strategy = project.config.strategy
+    with project.writing():
+        t = project.latest_in_state("trained")
+        if t is None:
+            raise RayDM2Error("no trained round yet: train on the seed labels first (`raydm2 train`)")
+        n = t + 1
+        ckpt = project.checkpoint_dir(t)
+        # A checkpoint that does not fit the project is refused before the ledger is touched.
+        checkpoint.load(ckpt, project.config.model_spec())
+        resuming = project.has_round(n)
+        if resuming:
+            state = project.manifest(n)["state"]
+            if state != "acquiring":
+                raise RayDM2Error(f"round {n} is already {state!r}; label and train it before acquiring again")
+        else:
+            project.new_round(n, strategy=strategy.name)
+        project.update(n, state="acquiring", checkpoint=ckpt.uri)
+        excluded = project.selected_ids(before=n)
+        connect()
+        started = time.perf_counter()
+        cache = project.embedding_cache(checkpoint.fingerprint(ckpt))
+        try:
+            request = project.config.acquire_request(ckpt.uri, n, excluded, project.all_labels(upto=t), cache)
+            result = acquisition.acquire(request, opts)
+        except RayDM2Error:
+            # Refused (a diverged model, nothing left to select): leave no half-started round behind. A crash
+            # never gets here, and its re-run resumes the round instead.
+            if not resuming:
+                project.discard_round(n)
+            raise
+        project.write_selection(n, result.selection)
+        if project.config.train.adversarial == "selection":
+            result.counts["adversarial_counterparts"] = counterparts.make(project, n, ckpt.uri)
+        project.update(
+            n,
+            state="selected",
+            counts=result.counts,
+            timings={**result.timings, "total_s": round(time.perf_counter() - started, 4)},
+            index=result.index,
+            warnings=result.warnings,
+        )
+    return result.selection
+
+
+def requery(project: Project, opts=None) -> tuple[pa.Table, str]:
+    """Score the current pool (images appended since the last round included) with the latest checkpoint and
+    write a ranked selection under `requeries/`, without creating a round or training. Embeddings of images
+    already embedded with the same weights come from the cache. The hash round is the next round's, so with
+    an unchanged pool a requery ranks exactly what the next acquisition would select."""
+    from raydm2 import acquisition
+    from raydm2.models import checkpoint
+    from raydm2.runtime import connect
+
+    with project.writing():
+        t = project.latest_in_state("trained")
+        if t is None:
+            raise RayDM2Error("no trained round yet: a requery needs a checkpoint")
+        ckpt = project.checkpoint_dir(t)
+        connect()
+        started = time.perf_counter()
+        request = project.config.acquire_request(ckpt.uri, t + 1, project.selected_ids(), project.all_labels(upto=t),
+                                                 project.embedding_cache(checkpoint.fingerprint(ckpt)))
+        result = acquisition.acquire(request, opts)
+        out = project.requery_dir(f"{t:04d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        out.join("selection.parquet").write_table(result.selection)
+        out.join("manifest.json").write_json({
+            "checkpoint_round": t, "checkpoint": ckpt.uri, "strategy": project.config.strategy.name,
+            "config_hash": project.config.hash(), "counts": result.counts, "index": result.index,
+            "timings": {**result.timings, "total_s": round(time.perf_counter() - started, 4)},
+            "warnings": result.warnings, "created_at": time.time(),
+        })
+    return result.selection, out.uri

@@ -1,0 +1,75 @@
+"""What training reads: the labeled rows of the pool (plus Algorithm 2's stored counterparts) and the test pool,
+decoded by Ray Data, and each worker's shard of them held in memory.
+
+The pool is filtered to the labeled ids in CPU tasks rather than joined: a labeled set is budget-sized, and a hash
+join's shuffle actors would cost seconds on every training. Re-streaming the shard every epoch would cost more than
+the training step itself, so workers keep it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+
+from raydm2.data import pool
+from raydm2.data.images import decode_batch
+from raydm2.errors import RayDM2Error
+from raydm2.ledger.config import ProjectConfig
+
+
+def labeled_dataset(config: ProjectConfig, labels: pa.Table, counterpart_uris: list[str] = ()) -> ray.data.Dataset:
+    """(pixels, label) rows for the labeled ids: the pool filtered to those ids with their labels attached in
+    CPU tasks (the labels travel as one shared ObjectRef), then decoded; plus the stored Algorithm 2
+    counterparts (pseudo-labeled adversarial images) when given. A labeled set is budget-sized, so a filter
+    beats a hash join, whose shuffle actors cost seconds on every training."""
+    if labels.num_rows == 0:
+        raise RayDM2Error("no labels to train on: import labels first")
+    table = labels.select(["id", "label"]).sort_by("id")
+    ref = [ray.put((table.column("id").to_numpy(), table.column("label").to_numpy().astype(np.int64)))]
+    images = ray.data.read_parquet(pool.part_uris(config.pool)).select_columns(["id", "image"])
+    joined = images.map_batches(_attach_labels, fn_kwargs={"labels": ref}, batch_format="numpy", num_cpus=0.25)
+    if counterpart_uris:
+        joined = joined.union(ray.data.read_parquet(list(counterpart_uris)).select_columns(["id", "image", "label"]))
+    return _decode_with_labels(joined, config)
+
+
+def _attach_labels(batch: dict, labels: list) -> dict:
+    """Keep the rows whose id has a label and add it; `labels[0]` is the ObjectRef of (sorted ids, labels)."""
+    ids, values = ray.get(labels[0])
+    pos = np.minimum(np.searchsorted(ids, batch["id"]), len(ids) - 1)  # labels are never empty here
+    keep = ids[pos] == batch["id"]
+    return {"id": batch["id"][keep], "image": batch["image"][keep], "label": values[pos[keep]]}
+
+
+def test_dataset(config: ProjectConfig) -> ray.data.Dataset | None:
+    if not config.test_pool:
+        return None
+    info = pool.pool_info(config.test_pool)
+    if not info.has_labels:
+        raise RayDM2Error(f"test pool {config.test_pool!r} has no label column")
+    ds = ray.data.read_parquet(pool.part_uris(config.test_pool)).select_columns(["id", "image", "label"])
+    return _decode_with_labels(ds, config)
+
+
+def _decode_with_labels(ds: ray.data.Dataset, config: ProjectConfig) -> ray.data.Dataset:
+    def decode_keep_label(batch):
+        out = decode_batch(batch, config.image.size, config.image.channels)
+        ok = out["ok"].astype(bool)
+        return {"id": out["id"][ok], "pixels": out["pixels"][ok], "label": batch["label"][ok].astype(np.int64)}
+
+    return ds.map_batches(decode_keep_label, batch_format="numpy", num_cpus=0.5)
+
+
+def load_shard(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    shard = ray.train.get_dataset_shard(name)
+    ids, xs, ys = [], [], []
+    for b in shard.iter_batches(batch_format="numpy", batch_size=4096):
+        ids.append(b["id"])
+        xs.append(b["pixels"])
+        ys.append(b["label"])
+    if not ids:
+        return np.empty(0, np.int64), np.empty((0,), np.uint8), np.empty(0, np.int64)
+    order = np.argsort(np.concatenate(ids), kind="stable")  # shard content, not arrival order, decides
+    return np.concatenate(ids)[order], np.concatenate(xs)[order], np.concatenate(ys)[order]

@@ -1,0 +1,164 @@
+"""DM2-AT training on Ray Train (SPEC section 4): TorchTrainer, DDP via `prepare_model`, clean + FGSM loss,
+a checkpoint every `checkpoint_every` epochs, automatic resume, and clean/robust evaluation on the test pool."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from raydm2.errors import RayDM2Error
+from raydm2.ledger.config import ProjectConfig, TrainConfig
+from raydm2.models.registry import ModelSpec, build
+from raydm2.training import hooks
+from raydm2.training.data import labeled_dataset, load_shard, test_dataset
+from raydm2.training.epochs import accuracy_counts, accuracy_metrics, make_optimizer, train_epochs
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a worker needs, validated on the driver."""
+
+    model: ModelSpec
+    train: TrainConfig
+    seed: int
+    threads: int
+
+
+class _AllReduceCount:
+    calls = 0
+
+
+def _counting_allreduce(state: _AllReduceCount, bucket):
+    """DDP comm hook: counts gradient all-reduces, then does the default one. Lets tests prove the FGSM
+    input-gradient pass never triggers DDP communication."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    state.calls += 1
+    return allreduce_hook(None, bucket)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train.torch
+
+    job: TrainJob = loop_config["job"]
+    cfg = job.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(job.threads)
+    torch.manual_seed(job.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    device = ray.train.torch.get_device()
+
+    model = ray.train.torch.prepare_model(build(job.model))
+    counter = _AllReduceCount()
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model.register_comm_hook(counter, _counting_allreduce)
+    module = getattr(model, "module", model)
+    optimizer = make_optimizer(model, cfg)
+
+    start_epoch = 0
+    resumed_from = None
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = resumed_from = int(state["epoch"])
+
+    ids, x_all, y_all = load_shard("train")
+    hooks.shard_loaded(rank, ids)
+
+    def report(epoch: int, metrics: dict) -> None:
+        metrics = {**metrics, "allreduce_calls": counter.calls, "resumed_from_epoch": resumed_from}
+        last = epoch + 1 == cfg.epochs
+        if last and "test" in loop_config["datasets"]:
+            # Evaluated before the final report so the metrics travel with the final checkpoint.
+            metrics.update(_evaluate(model, cfg.epsilon, device, world))
+        if last or (epoch + 1) % cfg.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank == 0:
+                    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                "epoch": torch.tensor(epoch + 1)}, os.path.join(tmp, STATE_FILE))
+                ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+                ray.train.report(metrics, checkpoint=ckpt)
+        else:
+            ray.train.report(metrics)
+        hooks.epoch_reported(epoch + 1)
+
+    train_epochs(model, optimizer, x_all, y_all, cfg, job.seed, rank, device, job.model.channels == 3, start_epoch,
+                 report)
+
+
+def _evaluate(model, epsilon: float, device, world: int) -> dict:
+    _, x_test, y_test = load_shard("test")
+    counts = torch.tensor(accuracy_counts(model, x_test, y_test, epsilon, device), dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(counts)
+    return accuracy_metrics(*counts.tolist(), epsilon)
+
+
+# ---- the driver side -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainOptions:
+    max_failures: int = 2
+
+
+def _worker_resources(cfg: TrainConfig) -> tuple[dict, int]:
+    """CPU per worker and torch threads. On CPU the workers leave a CPU for Ray Data's tasks that feed them
+    (workers holding every CPU starve the data pipeline and training hangs)."""
+    free = float(ray.available_resources().get("CPU", 1.0))
+    if cfg.use_gpu:
+        return {"CPU": 1, "GPU": 1}, 1
+    per_worker = max(0.1, np.floor(max(free - 1.0, 0.5) / cfg.num_workers * 100) / 100)
+    return {"CPU": float(per_worker)}, max(1, int(free // cfg.num_workers))
+
+
+def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, run_name: str,
+        opts: TrainOptions = TrainOptions(), counterpart_uris: list[str] = ()) -> tuple[dict, dict]:
+    """Train on the labeled rows; returns (state dict of the final model, final metrics).
+
+    Re-running with the same `run_name` and storage resumes from the run's latest checkpoint (Ray Train V2).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tc = config.train
+    if tc.use_gpu and not ray.cluster_resources().get("GPU"):
+        raise RayDM2Error("train.use_gpu is true but the Ray cluster has no GPU")
+    resources, threads = _worker_resources(tc)
+    job = TrainJob(model=config.model_spec(), train=tc, seed=config.seed, threads=threads)
+    # Materialised before the workers start: the join's shuffle tasks each need a whole CPU, which the workers
+    # would otherwise hold; and a restarted worker group then re-reads blocks instead of re-running the join.
+    datasets = {"train": labeled_dataset(config, labels, counterpart_uris).materialize()}
+    test = test_dataset(config)
+    if test is not None:
+        datasets["test"] = test.materialize()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job, "datasets": sorted(datasets)},
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": hooks.environment()},
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RayDM2Error(f"training failed: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    return state["model"], dict(result.metrics)
