@@ -41,7 +41,7 @@ def floor(args) -> dict:
     from raydm2.models import checkpoint
     from raydm2 import runtime
     from raydm2.acquisition import AcquireOptions, acquire
-    from raydm2.data.images import to_tensor
+    from raydm2.data.images import ImageSpec, to_tensor
     from raydm2.models.registry import ModelSpec
     from raydm2.acquisition.local_engine import load_pool
 
@@ -49,7 +49,7 @@ def floor(args) -> dict:
     pool_uri = C.mnist_pool(args.data_root, args.workdir or work, args.n)
     ckpt = C.random_checkpoint(args.arch, 1, 28, os.path.join(work, "ckpt"))
     spec = ModelSpec(args.arch, 10, 1, 28)
-    ids, pixels, _ = load_pool(pool_uri, 28, 1)
+    ids, pixels, _ = load_pool(pool_uri, ImageSpec(28, 1))
     model = checkpoint.load(ckpt, spec).eval()
     torch.set_num_threads(os.cpu_count())
     with torch.inference_mode():

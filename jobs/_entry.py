@@ -1,7 +1,5 @@
-"""Shared body of the job entrypoints: make the submitted working_dir importable and run one CLI command.
-
-Inside a Ray job RAY_ADDRESS points at the cluster, so raydm2 joins it instead of starting a local one.
-"""
+"""Shared body of the job entrypoints: make the submitted working_dir importable and run one raydm2 job command
+(`raydm2.service.jobs`, which an installed raydm2 runs as `python -m raydm2.service.jobs`)."""
 
 import os
 import sys
@@ -9,6 +7,6 @@ import sys
 
 def run(command: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from raydm2.service.cli import main
+    from raydm2.service.jobs import run as run_job
 
-    sys.exit(main([command, *sys.argv[1:]]))
+    sys.exit(run_job([command, *sys.argv[1:]]))

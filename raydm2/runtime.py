@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
 import ray.data
 
 from raydm2 import plugins as plugins_mod
+from raydm2.errors import RayDM2Error
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,9 @@ def connect(address: str | None = None, include_dashboard: bool | None = None, n
             num_gpus: int | None = None, temp_dir: str | None = None) -> None:
     """Join the cluster at `address` (default `$RAY_ADDRESS`); with neither, start an embedded local cluster on
     127.0.0.1 (`num_cpus`, `num_gpus` and `temp_dir` size and place it). A local cluster is always a new one
-    (`address="local"`): never one started by someone else on this machine. Idempotent: does nothing when this
-    process is already connected."""
+    (`address="local"`): never one started by someone else on this machine, and it keeps Ray's token auth.
+    Idempotent: does nothing when this process is already connected."""
+    global _started_local
     _read_parquet_without_footer_actors()
     if ray.is_initialized():
         return
@@ -38,7 +41,7 @@ def connect(address: str | None = None, include_dashboard: bool | None = None, n
         # them from these uploaded copies.
         runtime_env["py_modules"] = plugins
     if address and address != "local":
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        _join(address, runtime_env)
         return
     _pin_to_loopback()
     ray.init(
@@ -52,6 +55,96 @@ def connect(address: str | None = None, include_dashboard: bool | None = None, n
         runtime_env=runtime_env,
         log_to_driver=True,
     )
+    _started_local = True
+
+
+_started_local = False
+
+
+def started_local() -> bool:
+    """Whether this process runs on the embedded cluster it started (which cannot grow: no autoscaler)."""
+    return _started_local
+
+
+def _join(address: str, runtime_env: dict) -> None:
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available)
+
+    if address.startswith(("http://", "https://")):
+        raise RayDM2Error(f"RAY_ADDRESS {address} is a dashboard (job submission) address; commands that run on the "
+                          "cluster need its Ray address (ray://HOST:10001, HOST:6379 or auto), or submit them as "
+                          "jobs (`raydm2 schedule`, `ray job submit`)")
+    host, _, port = address.rpartition(":")
+    if "://" not in address and address != "auto" and port.isdigit():
+        _reachable(host, int(port), f"the Ray cluster at {address}")
+    # Ray sends its token to an explicit address only with RAY_AUTH_MODE=token; this turns that on whenever a
+    # token is configured (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), as `ray start` does.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+    except ConnectionError as exc:
+        cause = f" ({exc.__cause__})".splitlines()[0] if exc.__cause__ else ""
+        raise RayDM2Error(f"cannot join the Ray cluster at {address}{cause}; check the address and, for a cluster "
+                          "with token authentication, its token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
+
+
+def _reachable(host: str, port: int, what: str) -> None:
+    """Fail in seconds, not Ray's minutes of retries, when nothing listens at host:port."""
+    try:
+        socket.create_connection((host or LOCALHOST, port), timeout=5).close()
+    except OSError as exc:
+        raise RayDM2Error(f"cannot reach {what} ({exc.strerror or exc}); is the cluster up, and is that its "
+                          "address?") from None
+
+
+def auth_headers() -> dict[str, str]:
+    """The `Authorization` header of the Ray auth token configured for this user (RAY_AUTH_TOKEN, then
+    RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token), whatever RAY_AUTH_MODE says; {} when there is none."""
+    # Ray's own loader, so the precedence is Ray's; it lives in a private module.
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return dict(AuthenticationTokenLoader.instance().get_token_for_http_header(ignore_auth_mode=True))
+    except AuthenticationError as exc:  # RAY_AUTH_TOKEN_PATH names a missing or empty file
+        raise RayDM2Error(str(exc).splitlines()[0]) from None
+
+
+def job_client(address: str, explicit: bool = True):
+    """A job-submission client for the Ray dashboard at `address` that sends the auth token whenever one is
+    configured and gives up on a silent server after a minute. Refusals and unreachable addresses are one-line
+    errors. With `explicit`, `address` wins over RAY_ADDRESS (Ray's client would take RAY_ADDRESS)."""
+    import requests
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedClient(JobSubmissionClient):
+        def _do_request(self, method, endpoint, **kwargs):
+            kwargs.setdefault("timeout", (10, 60))
+            return super()._do_request(method, endpoint, **kwargs)
+
+    headers = auth_headers()
+    hidden = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") if explicit and k in os.environ}
+    try:
+        return TimedClient(address, headers=headers)
+    except AuthenticationError:
+        raise RayDM2Error(dashboard_refusal(address, bool(headers))) from None
+    except (ConnectionError, requests.RequestException) as exc:
+        raise RayDM2Error(f"cannot reach the Ray dashboard at {address} ({type(exc).__name__}); is the cluster up, "
+                          "and is this its dashboard address (--address or RAY_ADDRESS, e.g. "
+                          "http://127.0.0.1:8265)?") from None
+    except RuntimeError as exc:  # e.g. "Version check returned 404": something else answers there
+        raise RayDM2Error(f"{address} does not answer as a Ray dashboard: {str(exc).splitlines()[0]}") from None
+    finally:
+        os.environ.update(hidden)
+
+
+def dashboard_refusal(address: str, sent_token: bool) -> str:
+    if sent_token:
+        return (f"the Ray dashboard at {address} rejected the auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                "~/.ray/auth_token): use the cluster's own token (`ray get-auth-token` on the head)")
+    return (f"the Ray dashboard at {address} needs an auth token and none is configured: put the cluster's token in "
+            "~/.ray/auth_token or RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it)")
 
 
 def _read_parquet_without_footer_actors() -> None:
@@ -90,22 +183,24 @@ class ActorPlan:
 
 
 def plan_actors(requested: int | None = None, use_gpu: bool | None = None) -> ActorPlan:
-    """Size an actor pool from what the cluster has free.
+    """Size an actor pool from the cluster.
 
-    With GPUs: one actor per GPU (or `requested`), each with a whole GPU. On CPU: the actors together take all
-    but one free CPU, so Ray Data's read and decode tasks always have a CPU to run on; with `requested` actors
-    the CPUs are split fractionally between them (a pool that holds every CPU hangs the pipeline).
+    GPU actors (`use_gpu`, or by default when the cluster has GPUs) take a whole GPU each: `requested` of them, or
+    one per GPU. On an autoscaling cluster whose GPU nodes are not up yet (`min_workers: 0`) the pool still asks
+    for GPUs, and its pending actors make the autoscaler start them. On CPU the actors together take all but one
+    free CPU, so Ray Data's read and decode tasks always have a CPU to run on; with `requested` actors the CPUs are
+    split fractionally between them (a pool that holds every CPU hangs the pipeline).
     """
-    resources = ray.available_resources()
-    gpus = int(resources.get("GPU", 0))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
     if use_gpu is None:
         use_gpu = gpus > 0
     if use_gpu:
-        if gpus == 0:
-            raise RuntimeError("use_gpu was requested but the Ray cluster has no free GPU")
-        size = requested or gpus
-        return ActorPlan(size=size, num_cpus=1.0, num_gpus=min(1.0, gpus / size), threads=1)
-    free = float(resources.get("CPU", 1.0))
+        if gpus == 0 and started_local():
+            raise RayDM2Error("compute.use_gpu is true but this machine's Ray cluster has no GPU (and no autoscaler "
+                              "to start one)")
+        size = requested or max(1, gpus)
+        return ActorPlan(size=size, num_cpus=1.0, num_gpus=min(1.0, gpus / size) if gpus else 1.0, threads=1)
+    free = float(ray.available_resources().get("CPU", 1.0))
     spare = max(0.5, free - 1.0) if free > 1.0 else max(0.25, free / 2)
     size = requested or max(1, int(spare))
     per_actor = max(0.1, math.floor(spare / size * 100) / 100)

@@ -13,19 +13,21 @@ import pyarrow as pa
 from raydm2.service import loop
 from raydm2.data import pool
 from raydm2.ledger.config import ProjectConfig
-from raydm2.data.images import decode
+from raydm2.data.images import ImageSpec, decode
 from raydm2.ledger.project import Project
 
 CLASSES = [str(i) for i in range(10)]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def trained_project(path: str, pool_uri: str, checkpoint_dir: str, seed_n: int = 30, **strategy) -> Project:
+def trained_project(path: str, pool_uri: str, checkpoint_dir: str, seed_n: int = 30, image: dict | None = None,
+                    **strategy) -> Project:
     """A project whose round 0 (seed_n random images) is trained, with the fixture's real model standing in for
     Ray Train (which test_train.py and test_jobs.py cover)."""
     dm2 = strategy.get("name", "dm2") == "dm2"
-    project = Project.create(path, ProjectConfig(name="p", pool=pool_uri, classes=CLASSES, seed=5, strategy={
-        "budget": 15, **({"knn": {"mode": "exact"}} if dm2 else {}), **strategy}))
+    project = Project.create(path, ProjectConfig(name="p", pool=pool_uri, classes=CLASSES, seed=5, image=image or {},
+                                                 strategy={"budget": 15, **({"knn": {"mode": "exact"}} if dm2 else {}),
+                                                           **strategy}))
     loop.seed(project, seed_n)
     ids = project.selection(0).column("id").to_numpy()
     truth = pool.read_columns(pool_uri, ["id", "label"], ids).sort_by("id")
@@ -72,7 +74,7 @@ def label_table(ids: np.ndarray, labels: np.ndarray) -> pa.Table:
 def first_images(pool_uri: str, n: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The pool's first n images by id, decoded (N, H, W, C uint8), and their labels (int64)."""
     table = pool.read_columns(pool_uri, ["id", "image", "label"]).sort_by("id").slice(0, n)
-    pixels = np.stack([decode(b, size, channels) for b in table.column("image").to_pylist()])
+    pixels = np.stack([decode(b, ImageSpec(size, channels)) for b in table.column("image").to_pylist()])
     return pixels, table.column("label").to_numpy().astype(np.int64)
 
 

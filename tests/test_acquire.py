@@ -9,7 +9,7 @@ from raydm2.acquisition import AcquireOptions, acquire
 from raydm2.acquisition.local_engine import load_pool
 from raydm2.acquisition.mixing import mix
 from raydm2.data import pool
-from raydm2.data.images import to_tensor
+from raydm2.data.images import ImageSpec, to_tensor
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.config import ProjectConfig
 from raydm2.models import checkpoint
@@ -60,7 +60,7 @@ def test_distributed_selection_equals_reference(ray_cluster, sample_pools, train
 
 def test_dm2_picks_differ_from_least_confidence(sample_pools, trained_checkpoint):
     cfg = config(sample_pools["mnist_train"], knn={"mode": "exact"}).with_overrides({"strategy.budget": 100})
-    ids, pixels, _ = load_pool(cfg.pool, 28, 1)
+    ids, pixels, _ = load_pool(cfg.pool, ImageSpec(28, 1))
     ids, pixels = ids[~np.isin(ids, LABELED)], pixels[~np.isin(ids, LABELED)]
     model = checkpoint.load(trained_checkpoint, SPEC)
     dm2 = local_selection(cfg, trained_checkpoint, 1, LABELED)
@@ -75,7 +75,7 @@ def test_mixing_with_another_class_lowers_confidence(sample_pools, trained_check
     table = pool.read_columns(sample_pools["mnist_train"], ["id", "image", "label"]).sort_by("id").slice(1000, 400)
     from raydm2.data.images import decode
 
-    x = np.stack([decode(b, 28, 1) for b in table.column("image").to_pylist()])
+    x = np.stack([decode(b, ImageSpec(28, 1)) for b in table.column("image").to_pylist()])
     y = table.column("label").to_numpy()
     model = checkpoint.load(trained_checkpoint, SPEC).eval()
     ones, sevens, zeros = x[y == 1][:20], x[y == 1][20:40], x[y == 0][:20]

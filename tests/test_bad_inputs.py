@@ -38,6 +38,9 @@ BAD_LABEL_FILES = {
     "empty.csv": "empty",
     "not_utf8.csv": "not UTF-8",
     "malformed.jsonl": "not JSON",
+    "annotations_not_a_list.json": "'annotations' is not a list",
+    "id_too_large.csv": "out of range (ids are 64-bit integers)",
+    "id_true.jsonl": "id True is not an integer",
 }
 BAD_CONFIGS = {
     "malformed.yaml": "malformed",
@@ -46,6 +49,8 @@ BAD_CONFIGS = {
     "huge_budget.yaml": "strategy.budget",
     "unknown_strategy.yaml": "strategy.name",
     "not_a_mapping.yaml": "expected a mapping",
+    "budget_true.yaml": "strategy.budget: Input should be a valid integer",
+    "lr_inf.yaml": "train.lr: Input should be a finite number",
 }
 
 
@@ -71,10 +76,10 @@ def test_bad_label_file_is_refused_and_nothing_changes(seeded, tmp_path, capsys,
     assert snapshot(seeded.uri) == before
 
 
-@pytest.mark.parametrize("name", ["bom.csv", "extra_columns.csv"])
-def test_label_file_with_bom_or_extra_columns_is_read(seeded, tmp_path, name):
+@pytest.mark.parametrize("name", ["bom.csv", "extra_columns.csv", "cr_only.csv", "duplicated_rows.csv"])
+def test_label_file_with_bom_extra_columns_cr_line_ends_or_repeated_rows_is_read(seeded, tmp_path, name):
     assert cli(["label", "--project", seeded.uri, "--file", _corpus_label_file(name, tmp_path, seeded)]) == 0
-    assert seeded.labels(0).column("label").to_pylist() == [3]
+    assert seeded.labels(0).column("label").to_pylist() == [3]  # one row per id, whatever the file repeats
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
@@ -166,7 +171,8 @@ def test_diverged_model_is_refused_and_the_round_is_not_left_behind(ray_cluster,
 
 def test_unusable_images_are_skipped_and_a_pool_smaller_than_k_and_budget_is_all_selected(
         ray_cluster, tmp_path, sample_pools, trained_checkpoint):
-    """Real unusable files ingested with the folder reader, in a pool of 12 good images where k = 50 and
+    """Real unusable files (a decompression bomb's header, a colour palette image in a grey project, a wrong size
+    with `image.resize: none`, ...) ingested with the folder reader, in a pool of 12 good images where k = 50 and
     B = 100 both exceed what is selectable: every good image not labeled is picked, with a warning."""
     pool_uri = str(tmp_path / "pool")
     good = pool.read_columns(sample_pools["mnist_train"], ["image"]).column("image").to_pylist()[1000:1012]
@@ -176,7 +182,7 @@ def test_unusable_images_are_skipped_and_a_pool_smaller_than_k_and_budget_is_all
     assert cli(["ingest", "folder", "--root", str(bad_dir), "--out", pool_uri]) == 0
     bad = len(os.listdir(bad_dir))
     project = trained_project(str(tmp_path / "p"), pool_uri, trained_checkpoint, seed_n=4, budget=100,
-                              knn={"k": 50, "mode": "exact"})
+                              knn={"k": 50, "mode": "exact"}, image={"resize": "none"})
     assert cli(["acquire", "--project", project.uri, "--actors", "1"]) == 0
     good_ids, bad_ids = np.arange(len(good)), np.arange(len(good), len(good) + bad)
     seeded = project.selected_ids(before=1)

@@ -23,7 +23,7 @@ from raydm2.acquisition.local_engine import LocalEngine, load_pool
 from raydm2.acquisition.mixing import DM2Params, choose_neighbour, mix_lambda, unit
 from raydm2.acquisition.ray_engine import RayEngine
 from raydm2.acquisition.strategies import badge, bald, dm2, noise_stability
-from raydm2.data.images import to_tensor
+from raydm2.data.images import ImageSpec, to_tensor
 from raydm2.ledger.config import ProjectConfig
 from raydm2.models import checkpoint
 from raydm2.models.registry import ModelSpec, build
@@ -87,7 +87,7 @@ def test_a_strategy_added_as_one_file_runs_on_both_engines_and_through_the_cli(
     in_memory = local_selection(config, trained_checkpoint, 1, excluded)
     assert_same_selection(on_ray, in_memory)
 
-    ids, pixels, _ = load_pool(small_pool, 28, 1)
+    ids, pixels, _ = load_pool(small_pool, ImageSpec(28, 1))
     candidates = ~np.isin(ids, excluded)
     darkness = (1.0 - pixels[candidates].astype(np.float64).mean(axis=(1, 2, 3)) / 255.0) ** 2
     darkest = ids[candidates][np.lexsort((ids[candidates], -darkness))[:15]]
@@ -186,7 +186,7 @@ def test_dedupe_walk_past_a_hub_reaches_the_budget_on_both_engines(ray_cluster):
 
 @pytest.fixture(scope="module")
 def batch(sample_pools):
-    ids, pixels, ok = load_pool(sample_pools["mnist_test"], 28, 1)
+    ids, pixels, ok = load_pool(sample_pools["mnist_test"], ImageSpec(28, 1))
     return {"id": ids[:16], "pixels": pixels[:16], "ok": ok[:16].astype(np.uint8)}
 
 

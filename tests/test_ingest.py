@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raydm2.data import ingest
+from raydm2.data import folder, ingest
 from raydm2.data import pool
 from raydm2.service.cli import main as cli
 from raydm2.errors import RayDM2Error
-from raydm2.data.images import decode, encode_png
+from raydm2.data.images import ImageSpec, decode, encode_png
 from tests.conftest import CIFAR_NPZ, MNIST_DIR
 
 
@@ -27,7 +27,7 @@ def test_mnist_sample_round_trips_exact_pixels(sample_pools):
     labels = _raw_idx(os.path.join(MNIST_DIR, "train-labels-idx1-ubyte.gz"), 8)
     assert table.column("label").to_numpy().tolist() == labels.tolist()
     assert set(labels.tolist()) == set(range(10))
-    decoded = np.stack([decode(b, 28, 1)[:, :, 0] for b in table.column("image").to_pylist()])
+    decoded = np.stack([decode(b, ImageSpec(28, 1))[:, :, 0] for b in table.column("image").to_pylist()])
     assert np.array_equal(decoded, original)
     assert pool.pool_info(sample_pools["mnist_test"]).rows == 500
 
@@ -42,7 +42,7 @@ def test_cifar_npz_and_python_batches_agree(sample_pools, tmp_path):
     assert np.array_equal(bx, x[:50]) and np.array_equal(by, y[:50])
     table = pool.read_columns(sample_pools["cifar_train"], ["id", "image"]).sort_by("id")
     assert table.num_rows == 1000
-    assert np.array_equal(decode(table.column("image")[7].as_py(), 32, 3), x[7])
+    assert np.array_equal(decode(table.column("image")[7].as_py(), ImageSpec(32, 3)), x[7])
 
 
 def test_cifar_batch_refuses_code_execution(tmp_path):
@@ -61,13 +61,13 @@ def test_image_folder_labelled_and_flat(tmp_path):
         (tmp_path / "tree" / cls).mkdir(parents=True)
         for i in range(3):
             (tmp_path / "tree" / cls / f"{i}.png").write_bytes(encode_png(np.full((8, 8), value + i, np.uint8)))
-    rows, classes = ingest.ingest_folder(str(tmp_path / "tree"), str(tmp_path / "pool"))
-    assert rows == 6 and classes == ["cat", "dog"]
+    rows, classes, skipped = folder.ingest_folder(str(tmp_path / "tree"), str(tmp_path / "pool"))
+    assert rows == 6 and classes == ["cat", "dog"] and skipped == []
     assert pool.read_columns(str(tmp_path / "pool"), ["label"]).column(0).to_pylist() == [0, 0, 0, 1, 1, 1]
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "a.png").write_bytes(encode_png(np.zeros((8, 8), np.uint8)))
-    rows, classes = ingest.ingest_folder(str(tmp_path / "flat"), str(tmp_path / "flatpool"))
-    assert rows == 1 and classes == []
+    rows, classes, skipped = folder.ingest_folder(str(tmp_path / "flat"), str(tmp_path / "flatpool"))
+    assert rows == 1 and classes == [] and skipped == []
     assert pool.read_columns(str(tmp_path / "flatpool"), ["label"]).column(0).null_count == 1
 
 

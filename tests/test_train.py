@@ -9,12 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raydm2.models import checkpoint
 from raydm2.data import pool
+from raydm2.data.images import ImageSpec, decode, to_tensor
 from raydm2.ledger.config import ProjectConfig
-from raydm2.data.images import to_tensor
+from raydm2.models import checkpoint
 from raydm2.models.fgsm import dm2at_loss, fgsm
-from raydm2.data.images import decode
 from raydm2.models.registry import ModelSpec, build
 from raydm2.training.ray_trainer import TrainOptions, fit
 
@@ -85,7 +84,7 @@ def test_rerunning_a_killed_run_resumes_rather_than_restarts(ray_cluster, sample
 @pytest.fixture(scope="module")
 def test_batch(sample_pools):
     table = pool.read_columns(sample_pools["mnist_test"], ["image", "label"]).slice(0, 128)
-    x = to_tensor(np.stack([decode(b, 28, 1) for b in table.column("image").to_pylist()]))
+    x = to_tensor(np.stack([decode(b, ImageSpec(28, 1)) for b in table.column("image").to_pylist()]))
     return x, torch.from_numpy(table.column("label").to_numpy())
 
 

@@ -26,7 +26,7 @@ QUERY_CHUNK = 256
 class KnnSettings(BaseModel):
     """`strategy.knn` of strategies that search neighbours (DM2)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     k: int = Field(10, gt=0, le=1000)
     # auto: exact brute force up to `exact_max_anchors`, FAISS IVF above.

@@ -19,15 +19,14 @@ from raydm2.acquisition.model_actors import Embedder
 from raydm2.acquisition.request import AcquireRequest
 from raydm2.acquisition.topk import top_rows
 from raydm2.data import pool
-from raydm2.data.images import decode_batch
+from raydm2.data.images import ImageSpec, decode_batch
 from raydm2.errors import RayDM2Error
 
 
-def load_pool(pool_uri: str, size: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_pool(pool_uri: str, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, NHWC uint8 pixels, ok) of every pool image, sorted by id; `ok` is 0 for undecodable images."""
     table = pool.read_columns(pool_uri, ["id", "image"]).sort_by("id")
-    out = decode_batch({"id": table.column("id").to_numpy(), "image": table.column("image").to_pylist()}, size,
-                       channels)
+    out = decode_batch({"id": table.column("id").to_numpy(), "image": table.column("image").to_pylist()}, spec)
     return out["id"], out["pixels"], out["ok"].astype(bool)
 
 
@@ -42,7 +41,7 @@ class LocalEngine(Engine):
 
     @classmethod
     def from_pool(cls, request: AcquireRequest) -> "LocalEngine":
-        return cls(request, *load_pool(request.pool, request.model.image_size, request.model.channels))
+        return cls(request, *load_pool(request.pool, request.image))
 
     def _batch(self, rows: np.ndarray) -> dict:
         return {"id": self.ids[rows], "pixels": self.pixels[rows], "ok": self.ok[rows].astype(np.uint8)}

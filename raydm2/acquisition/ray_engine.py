@@ -27,7 +27,7 @@ from raydm2.acquisition.model_actors import Embedder
 from raydm2.acquisition.request import AcquireOptions, AcquireRequest
 from raydm2.acquisition.topk import TopK
 from raydm2.data import pool
-from raydm2.data.images import decode, decode_batch
+from raydm2.data.images import ImageSpec, decode, decode_batch
 from raydm2.data.storage import Location
 from raydm2.errors import RayDM2Error
 from raydm2.runtime import ActorPlan, plan_actors
@@ -49,9 +49,8 @@ class RayEngine(Engine):
         return ray.data.read_parquet(parts, override_num_blocks=self.opts.blocks).select_columns(["id", "image"])
 
     def _decode(self, ds: ray.data.Dataset) -> ray.data.Dataset:
-        spec = self.request.model
-        return ds.map_batches(decode_batch, fn_kwargs={"size": spec.image_size, "channels": spec.channels},
-                              batch_format="numpy", batch_size=self.opts.batch_size, num_cpus=0.5)
+        return ds.map_batches(decode_batch, fn_kwargs={"spec": self.request.image}, batch_format="numpy",
+                              batch_size=self.opts.batch_size, num_cpus=0.5)
 
     def _map_model(self, ds: ray.data.Dataset, model_fn, **kwargs) -> ray.data.Dataset:
         """A `ModelActor` subclass in an actor pool laid out from free resources, or a plain function as tasks."""
@@ -178,11 +177,10 @@ class RayEngine(Engine):
         if not mean:
             nbr_images = images.rename_columns({"id": "nbr_id", "image": "nbr_image"})
             return anchors.join(nbr_images, "inner", partitions, on=("nbr_id",))
-        spec = self.request.model
         exploded = searched.map_batches(_explode_neighbours, batch_format="numpy", num_cpus=0.25)
         nbr_images = images.rename_columns({"id": "nbr", "image": "nbr_image"})
         partners = exploded.join(nbr_images, "inner", partitions, on=("nbr",)).groupby("id").map_groups(
-            _mean_partner, fn_kwargs={"size": spec.image_size, "channels": spec.channels},
+            _mean_partner, fn_kwargs={"spec": self.request.image},
             batch_format="numpy", num_cpus=0.5)
         return anchors.join(partners, "inner", partitions, on=("id",))
 
@@ -258,9 +256,9 @@ def _explode_neighbours(batch: dict) -> dict:
     return {"id": np.repeat(batch["id"], nbrs.shape[1]), "nbr": nbrs.reshape(-1)}
 
 
-def _mean_partner(group: dict, size: int, channels: int) -> dict:
+def _mean_partner(group: dict, spec: ImageSpec) -> dict:
     """One group per anchor: the decoded pixels of all its k neighbours, averaged."""
-    pixels = np.stack([decode(b, size, channels) for b in group["nbr_image"]])
+    pixels = np.stack([decode(b, spec) for b in group["nbr_image"]])
     return {"id": group["id"][:1], "partner": mean_partner(pixels)[None]}
 
 

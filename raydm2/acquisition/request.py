@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from raydm2.data.images import ImageSpec
 from raydm2.data.storage import Location
 from raydm2.models.registry import ModelSpec
 
@@ -17,7 +18,7 @@ class StrategySettings(BaseModel):
     """Base of every strategy's own settings model (`strategy:` in project.yaml). A strategy adds its fields and
     narrows `name` to a `Literal` of its registered name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     name: str
     budget: int = Field(100, gt=0, le=10_000_000)
@@ -53,9 +54,13 @@ class AcquireRequest:
     labeled: pa.Table = field(default_factory=_no_labels)
     # Embeddings of this checkpoint computed before (DM2, coreset and ALFA-Mix reuse them).
     cache: Location | None = None
+    # How pool images become model inputs (default: the model's size and channels, centre-cropped).
+    image: ImageSpec | None = None
 
     def __post_init__(self):
         self.excluded = np.asarray(self.excluded, np.int64)
+        if self.image is None:
+            self.image = ImageSpec(self.model.image_size, self.model.channels)
 
     @property
     def budget(self) -> int:

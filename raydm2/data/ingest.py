@@ -1,7 +1,7 @@
 """Readers of the real dataset formats, each turning a source into pool rows (see `raydm2.pool`).
 
-Formats: MNIST/Fashion-MNIST idx (optionally gzip), CIFAR-10 `.npz` arrays and python batch files, image folders
-(`root/<class>/*` or flat), and numpy arrays. Every reader checks sizes against the file's own header and refuses
+Formats: MNIST/Fashion-MNIST idx (optionally gzip), CIFAR-10 `.npz` arrays and python batch files, and numpy
+arrays (image folders: `raydm2.data.folder`). Every reader checks sizes against the file's own header and refuses
 truncated or inconsistent input before anything is written.
 """
 
@@ -12,7 +12,6 @@ import os
 import pickle
 import zipfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +19,6 @@ from raydm2.data import pool
 from raydm2.errors import RayDM2Error
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def _read_maybe_gzip(path: str) -> bytes:
@@ -136,35 +134,6 @@ def load_cifar_batches(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def scan_image_folder(root: str) -> tuple[list[bytes], list[int] | None, list[str]]:
-    """`root/<class>/*.png|jpg` (labels = sorted class-folder index) or a flat folder of images (no labels).
-
-    The original bytes are stored unchanged; decoding happens in the pipeline, where bad images are skipped
-    and counted rather than failing the ingest.
-    """
-    base = Path(root)
-    if not base.is_dir():
-        raise RayDM2Error(f"image folder not found: {root}")
-    class_dirs = sorted(p for p in base.iterdir() if p.is_dir())
-    flat_files = sorted(p for p in base.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if class_dirs and flat_files:
-        raise RayDM2Error(f"{root}: mixes class folders and loose images; use one layout")
-    images: list[bytes] = []
-    if not class_dirs:
-        if not flat_files:
-            raise RayDM2Error(f"{root}: no .png/.jpg images found")
-        return [p.read_bytes() for p in flat_files], None, []
-    labels: list[int] = []
-    for index, cdir in enumerate(class_dirs):
-        for p in sorted(cdir.iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(p.read_bytes())
-                labels.append(index)
-    if not images:
-        raise RayDM2Error(f"{root}: class folders hold no .png/.jpg images")
-    return images, labels, [c.name for c in class_dirs]
-
-
 def load_numpy(images_path: str, labels_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     def _load(p):
         if not os.path.isfile(p):
@@ -206,11 +175,6 @@ def ingest_npz_dataset(path: str, out: str, source: str) -> dict[str, int]:
         split: len(pool.append_arrays(f"{out.rstrip('/')}/{split}", x, y, f"{source}:{split}"))
         for split, (x, y) in loaded.items()
     }
-
-
-def ingest_folder(root: str, out: str, source: str | None = None) -> tuple[int, list[str]]:
-    images, labels, classes = scan_image_folder(root)
-    return len(pool.append(out, images, labels, source or f"folder:{os.path.basename(root.rstrip('/'))}")), classes
 
 
 def sample_data_dir() -> str:

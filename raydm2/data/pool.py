@@ -51,7 +51,19 @@ def _dataset(loc: Location) -> pads.Dataset:
     files = [loc.join(n).path for n in _part_files(loc)]
     if not files:
         raise RayDM2Error(f"pool {loc.uri!r} has no part-*.parquet files")
+    _check_parts(loc, files)
     return pads.dataset(files, format="parquet", filesystem=loc.fs)
+
+
+def _check_parts(loc: Location, files: list[str]) -> None:
+    """Every part's footer must read as Parquet, so a stray file fails here in one line, not deep in a read."""
+    for path in files:
+        try:
+            with loc.fs.open_input_file(path) as f:
+                pq.read_metadata(f)
+        except (pa.ArrowException, OSError) as exc:
+            raise RayDM2Error(f"pool {loc.uri!r}: {path.rsplit('/', 1)[-1]} is not a readable Parquet file "
+                              f"({str(exc).splitlines()[0]})") from None
 
 
 def check_schema(schema: pa.Schema, where: str) -> None:
@@ -104,7 +116,9 @@ def read_columns(uri: str, columns: list[str], ids: np.ndarray | None = None) ->
 
 def part_uris(uri: str) -> list[str]:
     loc = resolve(uri)
-    return [loc.join(n).uri for n in _part_files(loc)]
+    names = _part_files(loc)
+    _check_parts(loc, [loc.join(n).path for n in names])
+    return [loc.join(n).uri for n in names]
 
 
 def append(

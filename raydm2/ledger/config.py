@@ -19,6 +19,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from raydm2.acquisition import strategies
 from raydm2.acquisition.request import AcquireRequest, StrategySettings
+from raydm2.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageSpec
 from raydm2.data.storage import Location
 from raydm2.errors import RayDM2Error
 from raydm2.models.registry import REGISTRY, ModelSpec
@@ -29,7 +30,7 @@ _SHARED_STRATEGY_KEYS_V1 = {"lam", "mix", "dedupe_radius", "knn", "bald_samples"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -40,8 +41,12 @@ class ModelConfig(_Strict):
 
 
 class ImageConfig(_Strict):
+    """What the model sees; see `raydm2.data.images.ImageSpec` for the resize modes and conversion rules."""
+
     size: int = Field(28, gt=0, le=4096)
     channels: Literal[1, 3] = 1
+    resize: Literal[RESIZE_MODES] = "crop"
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
 
 
 class TrainConfig(_Strict):
@@ -60,9 +65,14 @@ class TrainConfig(_Strict):
 
 
 class ComputeConfig(_Strict):
+    """Acquisition's actor pool."""
+
     batch_size: int = Field(256, gt=0, le=65_536)
     # None: sized from the cluster's free CPUs (or one per GPU).
     actors: int | None = Field(None, gt=0, le=4096)
+    # None: GPU actors when the cluster has GPUs. true: GPU actors even when none is up yet (an autoscaling cluster
+    # starts GPU nodes for them); false: CPU actors.
+    use_gpu: bool | None = None
 
 
 def strategy_settings(value: Any) -> StrategySettings:
@@ -115,12 +125,16 @@ class ProjectConfig(_Strict):
         return ModelSpec(arch=self.model.arch, num_classes=self.num_classes, channels=self.image.channels,
                          image_size=self.image.size, cifar_stem=self.model.cifar_stem, dropout=self.model.dropout)
 
+    def image_spec(self) -> ImageSpec:
+        return ImageSpec(self.image.size, self.image.channels, self.image.resize, self.image.max_pixels)
+
     def acquire_request(self, checkpoint: str, round_: int, excluded: np.ndarray,
                         labeled: pa.Table | None = None, cache: Location | None = None) -> AcquireRequest:
         """What `raydm2.acquisition.acquire` needs to select round `round_` of this project."""
         extra = {} if labeled is None else {"labeled": labeled}
         return AcquireRequest(pool=self.pool, model=self.model_spec(), checkpoint=checkpoint, round=round_,
-                              seed=self.seed, settings=self.strategy, excluded=excluded, cache=cache, **extra)
+                              seed=self.seed, settings=self.strategy, excluded=excluded, cache=cache,
+                              image=self.image_spec(), **extra)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -12,8 +12,10 @@ import csv
 import io
 import json
 import os
+import stat
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from raydm2.data import pool
 from raydm2.errors import RayDM2Error
@@ -32,12 +34,18 @@ def export(project, n: int, fmt: str, out: str, url_prefix: str | None = None) -
     if fmt not in FORMATS:
         raise RayDM2Error(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     selection = project.selection(n)
-    ids = selection.column("id").to_numpy()
-    images = pool.read_columns(project.config.pool, ["id", "image"], ids)
-    by_id = dict(zip(images.column("id").to_pylist(), images.column("image").to_pylist()))
     out_loc = resolve(out)
     image_dir = out_loc.path.rsplit(".", 1)[0] + "_images"
     image_loc = resolve(out_loc.uri.rsplit(".", 1)[0] + "_images")
+    for target in (out_loc, image_loc):
+        if target.uri == project.uri or target.uri.startswith(project.uri.rstrip("/") + "/"):
+            raise RayDM2Error(f"export --out {out} would write into the project's ledger ({project.uri}); "
+                              "export somewhere outside the project folder")
+    if out_loc.is_dir():
+        raise RayDM2Error(f"export --out {out} is a directory; give a file name, e.g. {out.rstrip('/')}/round{n}.json")
+    ids = selection.column("id").to_numpy()
+    images = pool.read_columns(project.config.pool, ["id", "image"], ids)
+    by_id = dict(zip(images.column("id").to_pylist(), images.column("image").to_pylist()))
     for i in ids:
         image_loc.join(f"{int(i)}.png").write_bytes(by_id[int(i)])
     rows = [{"id": int(i), "rank": int(r), "score": float(s), "image": _image_ref(image_dir, url_prefix, int(i))}
@@ -62,6 +70,16 @@ def export(project, n: int, fmt: str, out: str, url_prefix: str | None = None) -
     return len(rows)
 
 
+MAX_LABEL_FILE_BYTES = 512 * 2**20
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _shown(value) -> str:
+    """A value from the user's file in a message: quoted and cut short, so an error never dumps a file."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _to_index(value, classes: list[str], where: str) -> int:
     """A label given as a class name or as an integer index."""
     if isinstance(value, bool):
@@ -71,31 +89,40 @@ def _to_index(value, classes: list[str], where: str) -> int:
     if isinstance(value, float):
         if value.is_integer():
             return int(value)
-        raise RayDM2Error(f"{where}: label {value!r} is not an integer class index")
+        raise RayDM2Error(f"{where}: label {_shown(value)} is not an integer class index")
     text = str(value).strip()
     if text in classes:
         return classes.index(text)
     try:
         return int(text)
     except ValueError:
-        raise RayDM2Error(f"{where}: label {text!r} is neither a class name ({', '.join(classes)}) "
+        raise RayDM2Error(f"{where}: label {_shown(text)} is neither a class name ({', '.join(classes)}) "
                           "nor an integer index") from None
 
 
 def _to_id(value, where: str) -> int:
     try:
-        if isinstance(value, float) and not value.is_integer():
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
-        return int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
-    except (TypeError, ValueError):
-        raise RayDM2Error(f"{where}: id {value!r} is not an integer") from None
+        number = int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise RayDM2Error(f"{where}: id {_shown(value)} is not an integer") from None
+    if not INT64[0] <= number <= INT64[1]:
+        raise RayDM2Error(f"{where}: id {_shown(value)} is out of range (ids are 64-bit integers)")
+    return number
 
 
 def parse(path: str, classes: list[str], fmt: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a label file into (ids, class indices). Format from `fmt` or the file extension."""
     loc = resolve(path)
-    if not loc.exists():
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.NotFound:
         raise RayDM2Error(f"label file not found: {path}")
+    if info.type != pafs.FileType.File or (loc.is_local and not stat.S_ISREG(os.stat(loc.path).st_mode)):
+        raise RayDM2Error(f"{path} is not a regular file: give the label file itself")
+    if info.size > MAX_LABEL_FILE_BYTES:
+        raise RayDM2Error(f"{path} is {info.size / 2**20:.0f} MiB; label files above "
+                          f"{MAX_LABEL_FILE_BYTES // 2**20} MiB are refused (split it and import the parts)")
     raw = loc.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
@@ -120,11 +147,18 @@ def parse(path: str, classes: list[str], fmt: str | None = None) -> tuple[np.nda
 
 
 def _parse_csv(text: str, path: str) -> list:
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _csv_pairs(csv.DictReader(io.StringIO(text, newline="")), path)  # any line endings: \n, \r\n, \r
+    except csv.Error as exc:
+        raise RayDM2Error(f"{path}: not a readable CSV ({exc})") from None
+
+
+def _csv_pairs(reader: csv.DictReader, path: str) -> list:
     fields = [f.strip() for f in (reader.fieldnames or [])]
     missing = {"id", "label"} - set(fields)
     if missing:
-        raise RayDM2Error(f"{path}: CSV needs columns 'id' and 'label'; missing {sorted(missing)} (found {fields})")
+        raise RayDM2Error(f"{path}: CSV needs columns 'id' and 'label'; missing {sorted(missing)} (its header has "
+                          f"{len(fields)} column{'s' if len(fields) != 1 else ''})")
     pairs = []
     for k, row in enumerate(reader):
         row = {(key or "").strip(): value for key, value in row.items()}
@@ -162,13 +196,20 @@ def _parse_labelstudio(text: str, path: str) -> list:
     pairs = []
     for k, task in enumerate(tasks):
         data = task.get("data", {}) if isinstance(task, dict) else {}
-        if "raydm2_id" not in data:
+        if not isinstance(data, dict) or "raydm2_id" not in data:
             raise RayDM2Error(f"{path} task {k + 1}: no data.raydm2_id (was it exported by raydm2?)")
-        choices = [c for ann in task.get("annotations", []) if not ann.get("was_cancelled")
-                   for res in ann.get("result", []) for c in res.get("value", {}).get("choices", [])]
+        annotations = task.get("annotations", [])
+        if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+            raise RayDM2Error(f"{path} task {k + 1}: 'annotations' is not a list of annotations")
+        try:
+            choices = [c for ann in annotations if not ann.get("was_cancelled")
+                       for res in ann.get("result", []) for c in res.get("value", {}).get("choices", [])]
+        except (AttributeError, TypeError):
+            raise RayDM2Error(f"{path} task {k + 1}: an annotation's result is not Label Studio's "
+                              "[{value: {choices: [...]}}]") from None
         if not choices:
             continue  # not annotated yet: labels may arrive over several exports
         if len(set(choices)) > 1:
-            raise RayDM2Error(f"{path} task {k + 1}: annotations disagree ({sorted(set(choices))})")
+            raise RayDM2Error(f"{path} task {k + 1}: annotations disagree ({sorted(map(_shown, set(choices)))})")
         pairs.append((data["raydm2_id"], choices[0]))
     return pairs

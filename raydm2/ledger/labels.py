@@ -39,10 +39,13 @@ def validate(project: Project, n: int, ids: np.ndarray, labels: np.ndarray, allo
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if len(bad):
         raise RayDM2Error(f"labels outside the {num_classes} classes: {sorted(set(bad.tolist()))[:10]}")
-    uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    for dup in uniq[counts > 1]:
-        if len(set(labels[ids == dup].tolist())) > 1:
-            raise RayDM2Error(f"id {int(dup)} has conflicting labels in the file: {sorted(set(labels[ids == dup].tolist()))}")
+    order = np.lexsort((labels, ids))
+    same_id = ids[order][1:] == ids[order][:-1]
+    conflict = same_id & (labels[order][1:] != labels[order][:-1])
+    if conflict.any():
+        dup = ids[order][1:][conflict][0]
+        raise RayDM2Error(f"id {int(dup)} has conflicting labels in the file: {sorted(set(labels[ids == dup].tolist()))}")
+    uniq = np.unique(ids)
     known = pool.read_columns(project.config.pool, ["id"], uniq).column("id").to_numpy()
     unknown = np.setdiff1d(uniq, known)
     if len(unknown):
@@ -66,7 +69,10 @@ def import_labels(project: Project, n: int, ids, labels, allow_unselected: bool 
         if state not in ("selected", "exported", "labeled"):
             raise RayDM2Error(f"round {n} is {state!r}; labels can be imported once it has a selection")
         validate(project, n, ids, labels, allow_unselected)
-        merged = _merge(project, n, ids, labels)
+        # One row per id: a task exported twice, or a file concatenated with itself, repeats rows (with the same
+        # label: conflicting repeats were refused above).
+        ids, first = np.unique(ids, return_index=True)
+        merged = _merge(project, n, ids, labels[first])
         project.write_labels(n, merged)
         selected = project.selection(n).column("id").to_numpy()
         complete = bool(np.isin(selected, merged.column("id").to_numpy()).all())

@@ -91,8 +91,12 @@ class ProjectLock:
                 fd = os.open(self.loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(record)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(record)
+            except OSError:  # e.g. a full disk: leave no empty lock behind
+                os.unlink(self.loc.path)
+                raise
             return True
         if self.loc.exists():
             return False

@@ -11,6 +11,7 @@ Every file is written atomically (see `raydm2.storage`) and every write happens 
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -43,6 +44,12 @@ LABELS_SCHEMA = pa.schema(
 )
 
 
+def _anchored(path: str, project: Location) -> str:
+    if "://" in path or os.path.isabs(os.path.expanduser(path)):
+        return path
+    return project.join(path).uri
+
+
 def round_name(n: int) -> str:
     return f"{n:04d}"
 
@@ -56,9 +63,15 @@ class Project:
     # ---- opening -------------------------------------------------------------------------------------------
     @classmethod
     def create(cls, uri: str, config: ProjectConfig) -> "Project":
+        """A new project at `uri`. Its pool paths are stored absolute (a relative one is taken from the working
+        directory, where the user typed it), so the project reads the same pools from anywhere."""
         loc = resolve(uri)
         if loc.join("project.yaml").exists():
             raise RayDM2Error(f"a project already exists at {loc.uri}; open it instead of re-creating it")
+        if loc.exists() and not loc.is_dir():
+            raise RayDM2Error(f"{loc.uri} is a file, not a folder: choose another place for the project")
+        config = config.model_copy(update={key: resolve(getattr(config, key)).uri
+                                           for key in ("pool", "test_pool") if getattr(config, key)})
         loc.mkdir()
         project = cls(loc, config)
         with project.writing():
@@ -71,7 +84,14 @@ class Project:
         cfg = loc.join("project.yaml")
         if not cfg.exists():
             raise RayDM2Error(f"no project at {loc.uri} (project.yaml not found); create one with `raydm2 init`")
-        return cls(loc, parse_config_yaml(cfg.read_text(), source=cfg.uri))
+        try:
+            text = cfg.read_text()
+        except UnicodeDecodeError:
+            raise RayDM2Error(f"{cfg.uri} is not UTF-8 text: it is not a project.yaml raydm2 wrote") from None
+        config = parse_config_yaml(text, source=cfg.uri)
+        # A relative pool path (a hand-edited project.yaml) is relative to the project, never the working directory.
+        return cls(loc, config.model_copy(update={key: _anchored(getattr(config, key), loc)
+                                                  for key in ("pool", "test_pool") if getattr(config, key)}))
 
     @property
     def uri(self) -> str:

@@ -44,9 +44,13 @@ def read_meta(directory: Location | str) -> dict:
     if not meta.exists():
         raise RayDM2Error(f"no checkpoint at {loc.uri} ({META} missing)")
     try:
-        return json.loads(meta.read_text())
-    except ValueError as exc:
+        data = json.loads(meta.read_text())
+    except ValueError as exc:  # UnicodeDecodeError is one too
         raise RayDM2Error(f"checkpoint metadata {meta.uri} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("spec", {}), dict):
+        raise RayDM2Error(f"checkpoint metadata {meta.uri} is not an object with a 'spec' mapping; the checkpoint was "
+                          "not written by raydm2")
+    return data
 
 
 def check_compatible(directory: Location | str, expected: ModelSpec) -> None:
@@ -66,11 +70,16 @@ def load(directory: Location | str, expected: ModelSpec, map_location="cpu") -> 
     loc = resolve(directory) if isinstance(directory, str) else directory
     check_compatible(loc, expected)
     try:
-        state = torch.load(io.BytesIO(loc.join(WEIGHTS).read_bytes()), map_location=map_location, weights_only=True)
+        blob = loc.join(WEIGHTS).read_bytes()
     except FileNotFoundError:
         raise RayDM2Error(f"checkpoint {loc.uri} has no {WEIGHTS}") from None
+    if not blob:
+        raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is empty (0 bytes): retrain the round")
+    try:
+        state = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError/RuntimeError variants for unsafe or corrupt files
-        raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is not a loadable state dict: {exc}") from None
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is not a loadable state dict: {reason}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is not a state dict of tensors")
     model = build(expected)

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 a refused input or state (message on stderr, nothing ch
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from raydm2.acquisition import strategies
@@ -142,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors of the machine the user can act on (a read-only project, a full disk), said in one line like a refusal.
+# Every write is atomic, so the file it was writing keeps its old content.
+_STORAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+                   errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.EFBIG}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -149,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     except RayDM2Error as exc:
         print(f"raydm2: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"raydm2: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Every write is atomic and the project lock is released on the way out, so a rerun is safe.
+        print("raydm2: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -44,10 +44,13 @@ def cmd_ingest(args) -> None:
         x, y = ingest_mod.load_cifar_batches(args.files)
         counts = {"rows": len(pool.append_arrays(args.out, x, y, "cifar10"))}
     elif fmt == "folder":
-        rows, classes = ingest_mod.ingest_folder(args.root, args.out)
+        from raydm2.data import folder
+
+        rows, classes, skipped = folder.ingest_folder(args.root, args.out)
         counts = {"rows": rows}
         if classes:
             print("classes (label index = position): " + ", ".join(classes))
+        _print_skipped(skipped)
     elif fmt == "numpy":
         x, y = ingest_mod.load_numpy(args.images, args.labels)
         counts = {"rows": len(pool.append_arrays(args.out, x, y, "numpy"))}
@@ -69,6 +72,16 @@ def cmd_ingest(args) -> None:
         raise AssertionError(fmt)
     for name, rows in counts.items():
         print(f"{name}: {rows} images appended")
+
+
+def _print_skipped(skipped: list[tuple[str, str]], shown: int = 20) -> None:
+    if not skipped:
+        return
+    print(f"left out {len(skipped)} file{'s' if len(skipped) != 1 else ''}:")
+    for path, reason in skipped[:shown]:
+        print(f"  {path}: {reason}")
+    if len(skipped) > shown:
+        print(f"  ... and {len(skipped) - shown} more")
 
 
 # ---- init / seed / status ------------------------------------------------------------------------------------
@@ -102,18 +115,19 @@ def cmd_seed(args) -> None:
 
 
 def cmd_schedule(args) -> None:
-    from ray.job_submission import JobSubmissionClient
-
+    from raydm2.runtime import job_client
     from raydm2.service import schedule
 
     if args.once == bool(args.every):
         raise RayDM2Error("give exactly one of --once (for cron) or --every INTERVAL (e.g. 24h)")
+    interval = schedule.parse_interval(args.every) if args.every else None  # refused before any connection
+    project = Project.open(args.project)
     address = args.address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
-    client = JobSubmissionClient(address)
+    client = job_client(address, explicit=bool(args.address))
     if args.once:
-        print(schedule.schedule_once(client, Project.open(args.project), args.job).reason)
+        print(schedule.schedule_once(client, project, args.job).reason)
     else:
-        schedule.run_every(client, args.project, schedule.parse_interval(args.every), args.job)
+        schedule.run_every(client, project.uri, interval, args.job)
 
 
 def cmd_report(args) -> None:
@@ -179,10 +193,7 @@ def cmd_train(args) -> None:
 
 def _acquire_options(args, project: Project):
     """project.yaml's `compute` section, with --actors / --batch-size taking precedence for this run."""
-    from raydm2.acquisition import AcquireOptions
-
-    compute = project.config.compute
-    return AcquireOptions(actors=args.actors or compute.actors, batch_size=args.batch_size or compute.batch_size)
+    return loop.acquire_options(project.config, actors=args.actors, batch_size=args.batch_size)
 
 
 def cmd_acquire(args) -> None:

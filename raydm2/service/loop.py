@@ -140,6 +140,14 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
     return metrics
 
 
+def acquire_options(config: ProjectConfig, actors: int | None = None, batch_size: int | None = None):
+    """The actor pool of project.yaml's `compute` section; `actors` and `batch_size` override it for one run."""
+    from raydm2.acquisition import AcquireOptions
+
+    c = config.compute
+    return AcquireOptions(actors=actors or c.actors, batch_size=batch_size or c.batch_size, use_gpu=c.use_gpu)
+
+
 def acquire(project: Project, opts=None) -> pa.Table:
     """Select round t+1 with the checkpoint of the latest trained round t. A round left in `acquiring` by a
     crash is re-run from scratch; its result is the same because the selection is deterministic."""
@@ -171,7 +179,7 @@ def acquire(project: Project, opts=None) -> pa.Table:
         cache = project.embedding_cache(checkpoint.fingerprint(ckpt))
         try:
             request = project.config.acquire_request(ckpt.uri, n, excluded, project.all_labels(upto=t), cache)
-            result = acquisition.acquire(request, opts)
+            result = acquisition.acquire(request, opts or acquire_options(project.config))
         except RayDM2Error:
             # Refused (a diverged model, nothing left to select): leave no half-started round behind. A crash
             # never gets here, and its re-run resumes the round instead.
@@ -210,7 +218,7 @@ def requery(project: Project, opts=None) -> tuple[pa.Table, str]:
         started = time.perf_counter()
         request = project.config.acquire_request(ckpt.uri, t + 1, project.selected_ids(), project.all_labels(upto=t),
                                                  project.embedding_cache(checkpoint.fingerprint(ckpt)))
-        result = acquisition.acquire(request, opts)
+        result = acquisition.acquire(request, opts or acquire_options(project.config))
         out = project.requery_dir(f"{t:04d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
         out.join("selection.parquet").write_table(result.selection)
         out.join("manifest.json").write_json({

@@ -88,7 +88,7 @@ def selection_map(project: Project, n: int, out: str) -> str:
     keep, pixels = [], []
     for i, blob in zip(table.column("id").to_numpy(), table.column("image").to_pylist()):
         try:
-            pixels.append(decode(blob, cfg.image.size, cfg.image.channels))
+            pixels.append(decode(blob, cfg.image_spec()))
             keep.append(i)
         except UndecodableImage:
             continue

@@ -166,7 +166,7 @@ class PoolArrays:
             raise RayDM2Error("a simulation needs a test pool to measure accuracy on")
 
         def decoded(uri: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            ids, pixels, ok = load_pool(uri, config.image.size, config.image.channels)
+            ids, pixels, ok = load_pool(uri, config.image_spec())
             ids, pixels = ids[ok], pixels[ok]
             table = pool.read_columns(uri, ["id", "label"], ids).sort_by("id")
             if table.column("label").null_count:

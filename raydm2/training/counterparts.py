@@ -31,7 +31,7 @@ def make(project: Project, n: int, checkpoint_uri: str, batch_size: int = 256) -
     rows_id, rows_img, rows_label = [], [], []
     for s in range(0, table.num_rows, batch_size):
         part = table.slice(s, batch_size)
-        pixels = np.stack([decode(b, cfg.image.size, cfg.image.channels) for b in part.column("image").to_pylist()])
+        pixels = np.stack([decode(b, cfg.image_spec()) for b in part.column("image").to_pylist()])
         x = to_tensor(pixels)
         with torch.no_grad():
             pseudo = model(x).argmax(1)

@@ -55,7 +55,7 @@ def test_dataset(config: ProjectConfig) -> ray.data.Dataset | None:
 
 def _decode_with_labels(ds: ray.data.Dataset, config: ProjectConfig) -> ray.data.Dataset:
     def decode_keep_label(batch):
-        out = decode_batch(batch, config.image.size, config.image.channels)
+        out = decode_batch(batch, config.image_spec())
         ok = out["ok"].astype(bool)
         return {"id": out["id"][ok], "pixels": out["pixels"][ok], "label": batch["label"][ok].astype(np.int64)}
 

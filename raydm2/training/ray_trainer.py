@@ -15,6 +15,7 @@ import torch
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.config import ProjectConfig, TrainConfig
 from raydm2.models.registry import ModelSpec, build
+from raydm2.runtime import started_local
 from raydm2.training import hooks
 from raydm2.training.data import labeled_dataset, load_shard, test_dataset
 from raydm2.training.epochs import accuracy_counts, accuracy_metrics, make_optimizer, train_epochs
@@ -131,7 +132,8 @@ def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, 
     from ray.train.torch import TorchTrainer
 
     tc = config.train
-    if tc.use_gpu and not ray.cluster_resources().get("GPU"):
+    if tc.use_gpu and not ray.cluster_resources().get("GPU") and started_local():
+        # A real cluster may have GPU nodes still to come (autoscaling): Ray Train's GPU request starts them.
         raise RayDM2Error("train.use_gpu is true but the Ray cluster has no GPU")
     resources, threads = _worker_resources(tc)
     job = TrainJob(model=config.model_spec(), train=tc, seed=config.seed, threads=threads)

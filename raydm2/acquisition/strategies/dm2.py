@@ -23,7 +23,7 @@ from raydm2.acquisition.ranking import finalize
 from raydm2.acquisition.request import StrategySettings
 from raydm2.acquisition.strategies import register
 from raydm2.acquisition.topk import top_rows
-from raydm2.data.images import decode
+from raydm2.data.images import ImageSpec, decode
 from raydm2.errors import RayDM2Error
 
 
@@ -58,14 +58,15 @@ class MixScorer(ModelActor):
     gives exactly the global top-B. Anchor and partner come as image bytes (`image`, `nbr_image`, decoded here) or
     as pixels (`pixels`, `partner`; the mean of k neighbours is always pixels)."""
 
-    def __init__(self, checkpoint_uri, spec, threads, use_gpu, params: DM2Params, tau: float | None, keep: int | None):
+    def __init__(self, checkpoint_uri, spec, threads, use_gpu, image: ImageSpec, params: DM2Params,
+                 tau: float | None, keep: int | None):
         super().__init__(checkpoint_uri, spec, threads, use_gpu)
-        self.spec, self.params, self.tau, self.keep = spec, params, tau, keep
+        self.image, self.params, self.tau, self.keep = image, params, tau, keep
 
     def _pixels(self, batch: dict, pixels: str, encoded: str) -> np.ndarray:
         if pixels in batch:
             return np.asarray(batch[pixels])
-        return np.stack([decode(b, self.spec.image_size, self.spec.channels) for b in batch[encoded]])
+        return np.stack([decode(b, self.image) for b in batch[encoded]])
 
     def __call__(self, batch: dict) -> pa.Table:
         lam = mix_lambda(batch["nbr_dist"], self.params, self.tau)
@@ -109,7 +110,8 @@ def plan(engine, request):
                               .column("d").to_numpy()))
     pairs = engine.with_partners(searched, mean=params.mix == "mean")
     budget, radius = request.budget, params.dedupe_radius
-    scored = engine.score(MixScorer, on=pairs, params=params, tau=tau, keep=None if radius else budget)
+    scored = engine.score(MixScorer, on=pairs, image=request.image, params=params, tau=tau,
+                          keep=None if radius else budget)
     selection, warnings = select(engine, scored, budget, params.k, radius)
     engine.lap("mix_score_s")
     engine.index.update(k=params.k, tau=tau)

@@ -29,7 +29,7 @@ from raydm2.data.images import to_tensor
 
 
 class NoiseSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     draws: int = Field(30, gt=0, le=1000)
     # ‖noise‖_F = scale·‖W‖_F per module.
