@@ -23,6 +23,43 @@ log = logging.getLogger(__name__)
 LOCALHOST = "127.0.0.1"
 
 
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Whether Ray's own output (INFO logs, Ray Data's plans and progress bars, workers' stdout and stderr) reaches
+    this process's console. Off by default: raydm2 reports progress itself (`raydm2.progress`); Ray's warnings and
+    errors still show."""
+    global _verbose
+    _verbose = verbose
+    _quiet_ray()
+
+
+def _quiet_ray() -> None:
+    from ray.util.debug import log_once
+
+    level = logging.INFO if _verbose else logging.WARNING
+    # Said on every start of a local cluster, where token auth is what raydm2 wants.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        level if _verbose else logging.ERROR)
+    if not _verbose:
+        # Ray logs these once per process; using up their turn silences two false alarms: "progress bars disabled"
+        # (raydm2 disabled them and prints its own lines) and "no available CPUs, the job will hang", which Ray
+        # Data says whenever raydm2's actor pools hold every CPU, as they are sized to.
+        log_once("ray_data_progress_manager_disabled")
+        log_once("cpu_warning")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = _verbose
+    context.print_on_execution_start = _verbose
+    for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:  # Ray Data's console handler is its own, at INFO
+            if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+                handler.setLevel(level)
+    for name in ("ray", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+
+
 def connect(address: str | None = None, include_dashboard: bool | None = None, num_cpus: int | None = None,
             num_gpus: int | None = None, temp_dir: str | None = None) -> None:
     """Join the cluster at `address` (default `$RAY_ADDRESS`); with neither, start an embedded local cluster on
@@ -53,8 +90,10 @@ def connect(address: str | None = None, include_dashboard: bool | None = None, n
         num_gpus=num_gpus,
         _temp_dir=temp_dir,
         runtime_env=runtime_env,
-        log_to_driver=True,
+        log_to_driver=_verbose,
+        logging_level=logging.INFO if _verbose else logging.WARNING,
     )
+    _quiet_ray()
     _started_local = True
 
 
@@ -81,7 +120,9 @@ def _join(address: str, runtime_env: dict) -> None:
     # token is configured (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), as `ray start` does.
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=address, log_to_driver=_verbose, runtime_env=runtime_env,
+                 logging_level=logging.INFO if _verbose else logging.WARNING)
+        _quiet_ray()
     except ConnectionError as exc:
         cause = f" ({exc.__cause__})".splitlines()[0] if exc.__cause__ else ""
         raise RayDM2Error(f"cannot join the Ray cluster at {address}{cause}; check the address and, for a cluster "

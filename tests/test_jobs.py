@@ -199,6 +199,10 @@ def test_scheduled_rounds_and_a_requery_succeed_on_a_token_cluster_from_a_path_w
     repeat = schedule(cluster, project.uri)  # while it runs: refused; the same id is never doubled
     assert repeat.returncode == 0 and not repeat.stdout.startswith("submitted"), repeat.stdout
     assert wait_for(client, first) == JobStatus.SUCCEEDED, client.get_job_logs(first)[-3000:]
+    # `ray job logs` of a round is raydm2's own lines: what it did, each stage with its seconds, no Ray chatter.
+    log = client.get_job_logs(first).splitlines()
+    assert len(log) <= 15 and not [line for line in log if " INFO " in line or "(pid=" in line], log
+    assert any(line.startswith("round 1: selected 20 images with dm2") for line in log), log
     assert not schedule(cluster, project.uri).stdout.startswith("submitted")
     assert sum(j.submission_id == first for j in client.list_jobs()) == 1
 

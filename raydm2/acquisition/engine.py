@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raydm2 import progress
 from raydm2.acquisition.request import AcquireRequest
 
 Handle = Any
@@ -39,10 +40,11 @@ class Engine(ABC):
         self._lap_started = time.perf_counter()
 
     def lap(self, stage: str) -> None:
-        """Record the seconds since the previous lap under `stage` (e.g. `embed_s`)."""
+        """Record the seconds since the previous lap under `stage` (e.g. `embed_s`), and report the stage done."""
         now = time.perf_counter()
         self.timings[stage] = round(now - self._lap_started, 4)
         self._lap_started = now
+        progress.stage_done(stage, self.timings[stage], self.counts.get("candidates"))
 
     @abstractmethod
     def embed(self, with_labeled: bool = False) -> Handle | tuple[Handle, Handle]:

@@ -57,8 +57,6 @@ class LocalEngine(Engine):
     def _usable(self, out: dict, stage: str | None) -> dict:
         """The counts `RayEngine._checked` records, the same refusals, and the usable rows."""
         ok, finite = out["ok"].astype(bool), out["finite"].astype(bool)
-        if stage:
-            self.lap(stage)
         if (ok & ~finite).any():
             raise RayDM2Error(f"the model produced NaN/inf for {int((ok & ~finite).sum())} images: the checkpoint"
                               f" {self.request.checkpoint} looks diverged; retrain before acquiring")
@@ -68,6 +66,8 @@ class LocalEngine(Engine):
             "pool_rows_read": len(ok), "skipped_undecodable": int((~ok).sum()), "candidates": int(ok.sum()),
             "excluded_ids": int(len(self.request.excluded)), "embeddings_from_cache": 0,
             "embeddings_computed": len(ok)})
+        if stage:
+            self.lap(stage)
         return {c: np.asarray(a)[ok] for c, a in out.items()}
 
     def _unlabeled(self, excluded: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from raydm2.data import pool
 from raydm2.data.images import ImageSpec, decode, decode_batch
 from raydm2.data.storage import Location
 from raydm2.errors import RayDM2Error
+from raydm2.models import checkpoint
 from raydm2.runtime import ActorPlan, plan_actors
 
 ROWS_PER_JOIN_PARTITION = 50_000
@@ -100,7 +101,14 @@ class RayEngine(Engine):
         cached = None
         parts = [cache.join(name).uri for name in cache.list_dir() if name.startswith("part-")] if cache else []
         if parts:
-            cached = _restrict(ray.data.read_parquet(parts), excluded=excluded).materialize()
+            cached = _restrict(ray.data.read_parquet(parts), excluded=excluded)
+            if self.request.model.freeze_backbone:
+                # The cache is keyed by the frozen backbone alone (rounds share it), but `conf` came from the head
+                # of the round that embedded the row: recompute it with this round's head.
+                weight, bias = checkpoint.head(self.request.checkpoint)
+                cached = cached.map_batches(_head_confidence, fn_kwargs={"weight": weight, "bias": bias},
+                                            batch_format="numpy", num_cpus=0.25)
+            cached = cached.materialize()
             ds = ds.join(cached.select_columns(["id"]), "left_anti", max(self._plan().size, 1), on=("id",))
         ds = self._map_model(self._decode(ds), Embedder).materialize()
         if cache is not None and ds.count():
@@ -115,8 +123,6 @@ class RayEngine(Engine):
         """Count rows, decodable rows and finite outputs into the manifest's counts; refuse a diverged model or an
         exhausted pool; keep only the usable rows."""
         counts = _count_rows(ds)
-        if stage:
-            self.lap(stage)
         if counts["ok"] - counts["finite"]:
             raise RayDM2Error(
                 f"the model produced NaN/inf for {counts['ok'] - counts['finite']} images: the checkpoint"
@@ -128,6 +134,8 @@ class RayEngine(Engine):
             "pool_rows_read": counts["rows"], "skipped_undecodable": counts["rows"] - counts["ok"],
             "candidates": counts["ok"], "excluded_ids": int(len(self.request.excluded)),
             "embeddings_from_cache": from_cache, "embeddings_computed": counts["rows"] - from_cache})
+        if stage:
+            self.lap(stage)
         if counts["rows"] == counts["ok"]:
             return ds
         return ds.map_batches(_keep_ok, batch_format="numpy", num_cpus=0.25)
@@ -222,6 +230,14 @@ def _count_rows(ds: ray.data.Dataset) -> dict:
         ok += int(b["ok"].sum())
         finite += int((b["finite"] & b["ok"]).sum())
     return {"rows": rows, "ok": ok, "finite": finite}
+
+
+def _head_confidence(batch: dict, weight: np.ndarray, bias: np.ndarray) -> dict:
+    """Softmax confidence of the linear head on cached features: what the Embedder computes, without the body."""
+    logits = batch["z"].astype(np.float64) @ weight.T + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return {**batch, "conf": (p.max(axis=1) / p.sum(axis=1)).astype(batch["conf"].dtype)}
 
 
 def _add_to_cache(embedded: ray.data.Dataset, cache: Location) -> None:

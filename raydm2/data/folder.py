@@ -83,19 +83,22 @@ def ingest_folder(root: str, out: str, source: str | None = None) -> tuple[int, 
     """Append the folder's images to the pool at `out`, a part at a time; returns (rows appended, class names,
     files left out with the reason)."""
     found = scan(root)
-    source = source or f"folder:{os.path.basename(os.path.abspath(root))}"
+    # Each row's source names its file, so a picked image can be found in the user's folder.
+    prefix = source or f"folder:{os.path.basename(os.path.abspath(root))}"
     rows = 0
     for start in range(0, len(found.files), pool.ROWS_PER_PART):
-        images, labels = [], []
+        images, labels, sources = [], [], []
         for k in range(start, min(start + pool.ROWS_PER_PART, len(found.files))):
             path = found.files[k]
+            relative = path.relative_to(root).as_posix()
             try:
                 images.append(path.read_bytes())
             except OSError as exc:
-                found.skipped.append((str(path.relative_to(root)), f"cannot be read ({exc.strerror})"))
+                found.skipped.append((relative, f"cannot be read ({exc.strerror})"))
                 continue
+            sources.append(f"{prefix}/{relative}")
             if found.classes:
                 labels.append(found.labels[k])
         if images:
-            rows += len(pool.append(out, images, labels if found.classes else None, source))
+            rows += len(pool.append(out, images, labels if found.classes else None, sources))
     return rows, found.classes, found.skipped

@@ -125,10 +125,11 @@ def append(
     uri: str,
     images: Iterable[bytes],
     labels: Iterable[int] | None = None,
-    source: str | None = None,
+    source: str | list[str] | None = None,
     ids: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Append encoded images to the pool at `uri` (created if absent); returns the ids they were given.
+    """Append encoded images to the pool at `uri` (created if absent); returns the ids they were given. `source`
+    is one string for every row or one per row (an image folder records each file's path).
 
     Without `ids` the new rows continue after the pool's largest id. With explicit `ids`, they must be unique
     and absent from the pool. Nothing is written unless every check passes.
@@ -160,6 +161,9 @@ def append(
             clash = read_columns(uri, ["id"], ids).column("id").to_numpy()
             if len(clash):
                 raise RayDM2Error(f"ids already in pool {uri!r}: {np.sort(clash)[:10].tolist()}")
+    sources = list(source) if isinstance(source, list) else [source] * n
+    if len(sources) != n:
+        raise RayDM2Error(f"{n} images but {len(sources)} sources")
     next_part = len(_part_files(loc)) if loc.exists() else 0
     loc.mkdir()
     for start in range(0, n, ROWS_PER_PART):
@@ -171,7 +175,7 @@ def append(
                 "label": pa.nulls(stop - start, pa.int64())
                 if label_arr is None
                 else pa.array(label_arr[start:stop], pa.int64()),
-                "source": pa.array([source] * (stop - start), pa.string()),
+                "source": pa.array(sources[start:stop], pa.string()),
             },
             schema=POOL_SCHEMA,
         )

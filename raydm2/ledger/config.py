@@ -22,6 +22,7 @@ from raydm2.acquisition.request import AcquireRequest, StrategySettings
 from raydm2.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageSpec
 from raydm2.data.storage import Location
 from raydm2.errors import RayDM2Error
+from raydm2.models import libraries
 from raydm2.models.registry import REGISTRY, ModelSpec
 
 DEFAULT_STRATEGY = "dm2"
@@ -34,10 +35,30 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    arch: Literal[tuple(REGISTRY)] = "small_cnn"
+    """`arch`: a built-in, `torchvision/<name>` or `timm/<name>`; or `factory`, the user's own (docs/models.md)."""
+
+    arch: str = "small_cnn"
     # 3x3 stem without max-pool, for 32x32 inputs (SPEC section 4).
     cifar_stem: bool = True
     dropout: float = Field(0.25, ge=0.0, lt=1.0)
+    weights: str | None = Field(None, min_length=1)
+    factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    freeze_backbone: bool = False
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch in REGISTRY or (libraries.is_library(arch) and arch.partition("/")[2]):
+            return arch
+        raise ValueError(f"unknown model {arch!r}; available: {', '.join(REGISTRY)}, torchvision/<name>, timm/<name>")
+
+    @model_validator(mode="after")
+    def _weights_need_a_library(self):
+        if self.weights and not libraries.is_library(self.arch) and not self.factory:
+            raise ValueError(f"weights need a torchvision/ or timm/ arch; {self.arch!r} trains from scratch")
+        if self.factory and self.weights:
+            raise ValueError("a factory model loads its own weights; drop model.weights")
+        return self
 
 
 class ImageConfig(_Strict):
@@ -122,8 +143,10 @@ class ProjectConfig(_Strict):
         return len(self.classes)
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(arch=self.model.arch, num_classes=self.num_classes, channels=self.image.channels,
-                         image_size=self.image.size, cifar_stem=self.model.cifar_stem, dropout=self.model.dropout)
+        m = self.model
+        return ModelSpec(arch="factory" if m.factory else m.arch, num_classes=self.num_classes,
+                         channels=self.image.channels, image_size=self.image.size, cifar_stem=m.cifar_stem,
+                         dropout=m.dropout, weights=m.weights, factory=m.factory, freeze_backbone=m.freeze_backbone)
 
     def image_spec(self) -> ImageSpec:
         return ImageSpec(self.image.size, self.image.channels, self.image.resize, self.image.max_pixels)

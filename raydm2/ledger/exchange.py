@@ -1,7 +1,8 @@
 """Label round trip with annotators: export a round's selection (CSV, JSONL, Label Studio tasks) and parse
 their answers back (CSV, JSONL, Label Studio exports) into (ids, class indices).
 
-Exported images are written as PNG files next to the export so any tool can show them; each row/task carries
+Exported images are the pool's original bytes (the photo as taken, not the model's resized input), written next
+to the export with their format's extension; each row/task carries
 the raydm2 id, which is what comes back. Parsing refuses, with one clear message, anything it cannot map
 unambiguously: a file that must not change the project's labels is rejected whole.
 """
@@ -16,6 +17,7 @@ import stat
 
 import numpy as np
 import pyarrow.fs as pafs
+from PIL import Image, UnidentifiedImageError
 
 from raydm2.data import pool
 from raydm2.errors import RayDM2Error
@@ -24,8 +26,15 @@ from raydm2.data.storage import resolve
 FORMATS = ("csv", "jsonl", "labelstudio")
 
 
-def _image_ref(image_dir: str, url_prefix: str | None, i: int) -> str:
-    name = f"{i}.png"
+def _file_name(i: int, blob: bytes) -> str:
+    try:
+        kind = (Image.open(io.BytesIO(blob)).format or "bin").lower()
+    except (UnidentifiedImageError, OSError):
+        kind = "bin"  # an undecodable pool image still goes to the annotator as the bytes it is
+    return f"{i}.{ {'jpeg': 'jpg', 'tiff': 'tif'}.get(kind, kind) }"
+
+
+def _image_ref(image_dir: str, url_prefix: str | None, name: str) -> str:
     return f"{url_prefix.rstrip('/')}/{name}" if url_prefix else os.path.join(image_dir, name)
 
 
@@ -46,9 +55,11 @@ def export(project, n: int, fmt: str, out: str, url_prefix: str | None = None) -
     ids = selection.column("id").to_numpy()
     images = pool.read_columns(project.config.pool, ["id", "image"], ids)
     by_id = dict(zip(images.column("id").to_pylist(), images.column("image").to_pylist()))
+    names = {}
     for i in ids:
-        image_loc.join(f"{int(i)}.png").write_bytes(by_id[int(i)])
-    rows = [{"id": int(i), "rank": int(r), "score": float(s), "image": _image_ref(image_dir, url_prefix, int(i))}
+        names[int(i)] = _file_name(int(i), by_id[int(i)])
+        image_loc.join(names[int(i)]).write_bytes(by_id[int(i)])
+    rows = [{"id": int(i), "rank": int(r), "score": float(s), "image": _image_ref(image_dir, url_prefix, names[int(i)])}
             for i, r, s in zip(ids, selection.column("rank").to_pylist(), selection.column("score").to_pylist())]
     if fmt == "csv":
         buf = io.StringIO()

@@ -21,6 +21,7 @@ import pyarrow as pa
 from raydm2.ledger.config import ProjectConfig, parse_config_yaml
 from raydm2.errors import RayDM2Error, StateError
 from raydm2.ledger.lock import ProjectLock
+from raydm2.models import libraries
 from raydm2.data.storage import Location, resolve
 
 STATES = ("planned", "acquiring", "selected", "exported", "labeled", "trained")
@@ -63,7 +64,7 @@ class Project:
     # ---- opening -------------------------------------------------------------------------------------------
     @classmethod
     def create(cls, uri: str, config: ProjectConfig) -> "Project":
-        """A new project at `uri`. Its pool paths are stored absolute (a relative one is taken from the working
+        """A new project at `uri`. Its pool and weights-file paths are stored absolute (a relative one is taken from the working
         directory, where the user typed it), so the project reads the same pools from anywhere."""
         loc = resolve(uri)
         if loc.join("project.yaml").exists():
@@ -72,6 +73,10 @@ class Project:
             raise RayDM2Error(f"{loc.uri} is a file, not a folder: choose another place for the project")
         config = config.model_copy(update={key: resolve(getattr(config, key)).uri
                                            for key in ("pool", "test_pool") if getattr(config, key)})
+        weights = config.model.weights
+        if weights and libraries.is_file(weights):
+            config = config.model_copy(update={"model": config.model.model_copy(
+                update={"weights": resolve(weights).uri})})
         loc.mkdir()
         project = cls(loc, config)
         with project.writing():
@@ -90,8 +95,13 @@ class Project:
             raise RayDM2Error(f"{cfg.uri} is not UTF-8 text: it is not a project.yaml raydm2 wrote") from None
         config = parse_config_yaml(text, source=cfg.uri)
         # A relative pool path (a hand-edited project.yaml) is relative to the project, never the working directory.
-        return cls(loc, config.model_copy(update={key: _anchored(getattr(config, key), loc)
-                                                  for key in ("pool", "test_pool") if getattr(config, key)}))
+        config = config.model_copy(update={key: _anchored(getattr(config, key), loc)
+                                           for key in ("pool", "test_pool") if getattr(config, key)})
+        weights = config.model.weights
+        if weights and libraries.is_file(weights):
+            config = config.model_copy(update={"model": config.model.model_copy(
+                update={"weights": _anchored(weights, loc)})})
+        return cls(loc, config)
 
     @property
     def uri(self) -> str:

@@ -32,10 +32,27 @@ def save(model: torch.nn.Module, spec: ModelSpec, directory: Location | str, ext
     loc.join(META).write_text(json.dumps({"spec": asdict(spec), **(extra or {})}, indent=2, sort_keys=True))
 
 
-def fingerprint(directory: Location | str) -> str:
-    """Digest of the weights: embeddings computed with equal fingerprints are interchangeable."""
+def fingerprint(directory: Location | str, backbone_only: bool = False) -> str:
+    """Digest of the weights: embeddings computed with equal fingerprints are interchangeable. With
+    `backbone_only` (a frozen backbone), the head is left out: every round's checkpoint then shares one digest,
+    so one embedding cache serves them all."""
     loc = resolve(directory) if isinstance(directory, str) else directory
-    return hashlib.sha256(loc.join(WEIGHTS).read_bytes()).hexdigest()[:16]
+    blob = loc.join(WEIGHTS).read_bytes()
+    if not backbone_only:
+        return hashlib.sha256(blob).hexdigest()[:16]
+    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    digest = hashlib.sha256(b"backbone")
+    for key in sorted(k for k in state if not k.startswith(("head.", "dropout."))):
+        digest.update(key.encode())
+        digest.update(state[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def head(directory: Location | str) -> tuple:
+    """(weight, bias) of the linear head, as float64 numpy arrays."""
+    loc = resolve(directory) if isinstance(directory, str) else directory
+    state = torch.load(io.BytesIO(loc.join(WEIGHTS).read_bytes()), map_location="cpu", weights_only=True)
+    return state["head.weight"].double().numpy(), state["head.bias"].double().numpy()
 
 
 def read_meta(directory: Location | str) -> dict:
@@ -58,7 +75,7 @@ def check_compatible(directory: Location | str, expected: ModelSpec) -> None:
     spec = read_meta(directory).get("spec", {})
     problems = [
         f"{field} is {spec.get(field)!r}, project has {getattr(expected, field)!r}"
-        for field in ("arch", "num_classes", "channels", "image_size", "cifar_stem")
+        for field in ("arch", "num_classes", "channels", "image_size", "cifar_stem", "factory")
         if spec.get(field) != getattr(expected, field)
     ]
     if problems:

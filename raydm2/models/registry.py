@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from raydm2.errors import RayDM2Error
+from raydm2.models import libraries
 
 GREY_STATS = ((0.1307,), (0.3081,))
 RGB_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -27,6 +28,9 @@ class ModelSpec:
     image_size: int
     cifar_stem: bool = True
     dropout: float = 0.25
+    weights: str | None = None  # initial weights: a library's weights name or a state-dict file
+    factory: str | None = None  # "package.module:function": the user's own body (then `arch` is "factory")
+    freeze_backbone: bool = False
 
 
 class Normalize(nn.Module):
@@ -47,13 +51,24 @@ class RepeatChannels(nn.Module):
 
 
 class Classifier(nn.Module):
-    def __init__(self, stem: nn.Module, body: nn.Module, feature_dim: int, num_classes: int, dropout: float):
+    def __init__(self, stem: nn.Module, body: nn.Module, feature_dim: int, num_classes: int, dropout: float,
+                 freeze_backbone: bool = False):
         super().__init__()
         self.stem = stem
         self.body = body
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, num_classes)
         self.feature_dim = feature_dim
+        self.frozen = freeze_backbone
+        if freeze_backbone:
+            self.body.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        # A frozen backbone stays exactly as loaded: no gradient steps and no BatchNorm statistics updates.
+        super().train(mode)
+        if self.frozen:
+            self.body.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features of [0,1] pixels (N, C, H, W)."""
@@ -144,14 +159,49 @@ REGISTRY: dict[str, Callable[[ModelSpec], tuple[nn.Module, int, int]]] = {
 }
 
 
-def build(spec: ModelSpec) -> Classifier:
-    if spec.arch not in REGISTRY:
-        raise RayDM2Error(f"unknown model {spec.arch!r}; available: {', '.join(sorted(REGISTRY))}")
-    body, feature_dim, body_channels = REGISTRY[spec.arch](spec)
+def build(spec: ModelSpec, initial: bool = False) -> Classifier:
+    """The model of `spec`. With `initial` (a round's training starts), a pretrained body loads `spec.weights`;
+    otherwise every weight is about to come from a checkpoint."""
+    if spec.factory:
+        # The user's module normalises its own input, if it wants to: it receives [0,1] pixels.
+        body, feature_dim, _ = libraries.factory_body(spec.factory, spec.num_classes, spec.channels, spec.image_size)
+        return Classifier(nn.Sequential(), body, feature_dim, spec.num_classes, spec.dropout, spec.freeze_backbone)
+    if libraries.is_library(spec.arch):
+        body, feature_dim, body_channels = libraries.body(spec.arch, spec.weights, initial)
+    elif spec.arch in REGISTRY:
+        body, feature_dim, body_channels = REGISTRY[spec.arch](spec)
+    else:
+        raise RayDM2Error(f"unknown model {spec.arch!r}; available: {', '.join(sorted(REGISTRY))}, "
+                          "torchvision/<name>, timm/<name>")
     if spec.channels == 3 and body_channels == 1:
         raise RayDM2Error(f"model {spec.arch!r} takes 1-channel images but the pool has 3 channels")
-    mean, std = GREY_STATS if spec.channels == 1 else RGB_STATS
-    stem_layers: list[nn.Module] = [Normalize(mean, std)]
-    if spec.channels == 1 and body_channels == 3:
-        stem_layers.append(RepeatChannels())
-    return Classifier(nn.Sequential(*stem_layers), body, feature_dim, spec.num_classes, spec.dropout)
+    pretrained = libraries.stats(spec.arch, spec.weights) if libraries.is_library(spec.arch) else None
+    stem_layers: list[nn.Module] = []
+    if pretrained:
+        # Pretrained weights expect their own RGB statistics: grey pixels are repeated first, then normalised.
+        if spec.channels == 1:
+            stem_layers.append(RepeatChannels())
+        stem_layers.append(Normalize(*pretrained))
+    else:
+        stem_layers.append(Normalize(*(GREY_STATS if spec.channels == 1 else RGB_STATS)))
+        if spec.channels == 1 and body_channels == 3:
+            stem_layers.append(RepeatChannels())
+    return Classifier(nn.Sequential(*stem_layers), body, feature_dim, spec.num_classes, spec.dropout,
+                      spec.freeze_backbone)
+
+
+def check(spec: ModelSpec) -> None:
+    """Build the model and run two blank images through it, so a model that cannot take the project's images
+    (a factory that breaks its contract, a ViT at another size, a weights file of another network) is refused at
+    `init`, in one line. A weights file is loaded too; a weights name is not (it may need a download)."""
+    model = build(spec, initial=bool(spec.weights) and libraries.is_file(spec.weights)).eval()
+    try:
+        with torch.no_grad():
+            z = model.features(torch.zeros(2, spec.channels, spec.image_size, spec.image_size))
+    except Exception as exc:  # whatever the network raises for an input it cannot take
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayDM2Error(f"model {spec.factory or spec.arch} cannot take {spec.channels}x{spec.image_size}x"
+                          f"{spec.image_size} images: {first}") from None
+    if tuple(z.shape) != (2, model.feature_dim):
+        raise RayDM2Error(f"model {spec.factory or spec.arch} returns features of shape {tuple(z.shape[1:])} for "
+                          f"one image, not ({model.feature_dim},) as its num_features says")

@@ -9,47 +9,64 @@ import argparse
 import errno
 import sys
 
+from raydm2 import __version__
 from raydm2.acquisition import strategies
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.presets import PRESETS
-from raydm2.service import demo
+from raydm2.service import console, demo
 from raydm2.service.commands import (cmd_acquire, cmd_export, cmd_ingest, cmd_init, cmd_label, cmd_report,
                                      cmd_requery, cmd_round, cmd_schedule, cmd_seed, cmd_simulate, cmd_status,
                                      cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raydm2", description="Large-pool active learning with DM2 on Ray")
+    # --quiet / --verbose work before or after the command; SUPPRESS keeps a command's parser from resetting a flag
+    # given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print errors only (for cron)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show Ray's own logs and progress bars (or RAYDM2_LOG=debug)")
+    parser = argparse.ArgumentParser(prog="raydm2", description="Large-pool active learning with DM2 on Ray",
+                                     parents=[common])
+    parser.add_argument("--version", action="version", version=f"raydm2 {__version__}")
+    parser.set_defaults(quiet=False, verbose=False, json=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="write a pool (Parquet) from a dataset in its original format")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else there")
+
+    p = add("ingest", help="write a pool (Parquet) from a dataset in its original format")
     fmts = p.add_subparsers(dest="format", required=True)
     for name in ("mnist", "fashion_mnist"):
-        q = fmts.add_parser(name, help=f"{name} folder of idx .gz files -> OUT/train and OUT/test pools")
+        q = fmts.add_parser(name, parents=[common], help=f"{name} folder of idx .gz files -> OUT/train and OUT/test pools")
         q.add_argument("--root", required=True)
         q.add_argument("--out", required=True)
-    q = fmts.add_parser("idx", help="one idx images file (+ labels file) -> pool")
+    q = fmts.add_parser("idx", parents=[common], help="one idx images file (+ labels file) -> pool")
     q.add_argument("--images", required=True)
     q.add_argument("--labels")
     q.add_argument("--out", required=True)
-    q = fmts.add_parser("cifar_npz", help="npz with x_train/y_train/x_test/y_test -> OUT/train and OUT/test")
+    q = fmts.add_parser("cifar_npz", parents=[common], help="npz with x_train/y_train/x_test/y_test -> OUT/train and OUT/test")
     q.add_argument("--path", required=True)
     q.add_argument("--out", required=True)
-    q = fmts.add_parser("cifar_batches", help="CIFAR-10 python batch files -> pool")
+    q = fmts.add_parser("cifar_batches", parents=[common], help="CIFAR-10 python batch files -> pool")
     q.add_argument("files", nargs="+")
     q.add_argument("--out", required=True)
-    q = fmts.add_parser("folder", help="root/<class>/*.png|jpg (labelled) or a flat folder -> pool")
+    q = fmts.add_parser("folder", parents=[common], help="root/<class>/*.png|jpg (labelled) or a flat folder -> pool")
     q.add_argument("--root", required=True)
     q.add_argument("--out", required=True)
-    q = fmts.add_parser("numpy", help=".npy uint8 images (+ .npy labels) -> pool")
+    q = fmts.add_parser("numpy", parents=[common], help=".npy uint8 images (+ .npy labels) -> pool")
     q.add_argument("--images", required=True)
     q.add_argument("--labels")
     q.add_argument("--out", required=True)
-    q = fmts.add_parser("sample", help="the real sample shipped with raydm2 -> OUT/mnist/{train,test}, OUT/cifar10/...")
+    q = fmts.add_parser("sample", parents=[common], help="the real sample shipped with raydm2 -> OUT/mnist/{train,test}, OUT/cifar10/...")
     q.add_argument("--out", required=True)
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("init", help="create a project (validated project.yaml)")
+    p = add("init", help="create a project (validated project.yaml)")
     p.add_argument("--project", required=True)
     p.add_argument("--pool")
     p.add_argument("--test-pool")
@@ -59,12 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. strategy.budget=50")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("seed", help="round 0: a seeded random initial selection")
+    p = add("seed", help="round 0: a seeded random initial selection")
     p.add_argument("--project", required=True)
     p.add_argument("--n", type=int, required=True)
     p.set_defaults(func=cmd_seed)
 
-    p = sub.add_parser("export", help="write a round's selection for annotators (CSV, JSONL, Label Studio)")
+    p = add("export", help="write a round's selection for annotators (CSV, JSONL, Label Studio)")
     p.add_argument("--project", required=True)
     p.add_argument("--round", type=int)
     p.add_argument("--format", choices=["csv", "jsonl", "labelstudio"], default="csv")
@@ -72,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url-prefix", help="reference images by this URL prefix instead of local paths")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("label", help="import labels for a round's selection")
+    p = add("label", help="import labels for a round's selection")
     p.add_argument("--project", required=True)
     p.add_argument("--round", type=int)
     p.add_argument("--file", help="CSV (id,label), JSONL, or a Label Studio JSON export")
@@ -87,33 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
         ("round", cmd_round, "train on the current labels, then acquire the next batch"),
         ("requery", cmd_requery, "re-rank the current pool with the latest checkpoint (no new round)"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = add(name, help=text)
         p.add_argument("--project", required=True)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting for this run, e.g. strategy.knn.k=5")
         if name in ("train", "round"):
             p.add_argument("--round", type=int, help="round to train (default: the latest labeled)")
+        json_flag(p)
         if name != "train":
             p.add_argument("--actors", type=int, help="actor pool size (default: from free resources)")
             p.add_argument("--batch-size", type=int)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("schedule", help="submit the next round as a Ray job (idempotent submission ids)")
+    p = add("schedule", help="submit the next round as a Ray job (idempotent submission ids)")
     p.add_argument("--project", required=True)
     p.add_argument("--address", help="job server, default $RAY_ADDRESS or http://127.0.0.1:8265")
     p.add_argument("--once", action="store_true", help="check and submit once (for cron)")
     p.add_argument("--every", help="keep checking at this interval, e.g. 24h")
     p.add_argument("--job", choices=["round", "requery"], default="round",
                    help="round: train + acquire once labels are in; requery: re-rank with the latest checkpoint")
+    json_flag(p)
     p.set_defaults(func=cmd_schedule)
 
-    p = sub.add_parser("report", help="PNG plots: accuracy vs labels, time per stage, selection map")
+    p = add("report", help="PNG plots: accuracy vs labels, time per stage, selection map")
     p.add_argument("--project", required=True)
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.add_argument("--round", type=int, action="append", help="map these rounds (default: the latest)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("simulate", help="active-learning runs with oracle labels: strategies x seeds -> AUBC")
+    p = add("simulate", help="active-learning runs with oracle labels: strategies x seeds -> AUBC")
     p.add_argument("--out", required=True, help="folder for records/, runs/ (scratch), results.json, results.md, "
                    "curves.png")
     p.add_argument("--records", help="finished runs' records, resumed from (default: OUT/records)")
@@ -133,12 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "local: the same computation in this process, for quick comparisons on small pools")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("demo", help="a complete DM2 round on a local Ray cluster over the shipped real sample")
+    p = add("demo", help="a complete DM2 round on a local Ray cluster over the shipped real sample")
     p.add_argument("--workdir", default="demo_project")
     p.set_defaults(func=lambda args: demo.run(args.workdir, main))
 
-    p = sub.add_parser("status", help="rounds, states, label counts, accuracy and timings")
+    p = add("status", help="rounds, states, label counts, accuracy and timings")
     p.add_argument("--project", required=True)
+    json_flag(p)
     p.set_defaults(func=cmd_status)
     return parser
 
@@ -149,8 +169,12 @@ _STORAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.
                    errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.EFBIG}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, own_process: bool | None = None) -> int:
+    """Run one command. `own_process` (default: no `argv` given) says this process exists for the command, so its
+    console may be filtered (see `console.setup`)."""
     args = build_parser().parse_args(argv)
+    console.setup(quiet=args.quiet, verbose=args.verbose, as_json=args.json,
+                  process=argv is None if own_process is None else own_process)
     try:
         args.func(args)
     except RayDM2Error as exc:

@@ -14,6 +14,7 @@ from raydm2.ledger.config import merge_settings, nested, validate_config
 from raydm2.ledger.presets import PRESETS
 from raydm2.ledger.project import Project
 from raydm2.service import loop
+from raydm2.service.console import result, say
 
 
 def _parse_set(values: list[str]) -> dict:
@@ -49,7 +50,7 @@ def cmd_ingest(args) -> None:
         rows, classes, skipped = folder.ingest_folder(args.root, args.out)
         counts = {"rows": rows}
         if classes:
-            print("classes (label index = position): " + ", ".join(classes))
+            say("classes (label index = position): " + ", ".join(classes))
         _print_skipped(skipped)
     elif fmt == "numpy":
         x, y = ingest_mod.load_numpy(args.images, args.labels)
@@ -71,17 +72,17 @@ def cmd_ingest(args) -> None:
     else:  # argparse restricts choices; reaching here is a bug
         raise AssertionError(fmt)
     for name, rows in counts.items():
-        print(f"{name}: {rows} images appended")
+        say(f"{name}: {rows} images appended")
 
 
 def _print_skipped(skipped: list[tuple[str, str]], shown: int = 20) -> None:
     if not skipped:
         return
-    print(f"left out {len(skipped)} file{'s' if len(skipped) != 1 else ''}:")
+    say(f"left out {len(skipped)} file{'s' if len(skipped) != 1 else ''}:")
     for path, reason in skipped[:shown]:
-        print(f"  {path}: {reason}")
+        say(f"  {path}: {reason}")
     if len(skipped) > shown:
-        print(f"  ... and {len(skipped) - shown} more")
+        say(f"  ... and {len(skipped) - shown} more")
 
 
 # ---- init / seed / status ------------------------------------------------------------------------------------
@@ -105,13 +106,13 @@ def cmd_init(args) -> None:
     data = _settings(args)
     data.setdefault("name", args.name or os.path.basename(os.path.abspath(args.project)))
     project = loop.create_project(args.project, validate_config(data, source="project settings"))
-    print(f"created project {project.config.name!r} at {args.project}")
+    say(f"created project {project.config.name!r} at {args.project}")
 
 
 def cmd_seed(args) -> None:
     project = Project.open(args.project)
     selection = loop.seed(project, args.n)
-    print(f"round 0: {selection.num_rows} images selected at random (seed {project.config.seed})")
+    say(f"round 0: {selection.num_rows} images selected at random (seed {project.config.seed})")
 
 
 def cmd_schedule(args) -> None:
@@ -125,7 +126,9 @@ def cmd_schedule(args) -> None:
     address = args.address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     client = job_client(address, explicit=bool(args.address))
     if args.once:
-        print(schedule.schedule_once(client, project, args.job).reason)
+        outcome = schedule.schedule_once(client, project, args.job)
+        result({"submitted": outcome.submitted, "submission_id": outcome.submission_id, "reason": outcome.reason},
+               outcome.reason)
     else:
         schedule.run_every(client, project.uri, interval, args.job)
 
@@ -135,25 +138,34 @@ def cmd_report(args) -> None:
 
     project = Project.open(args.project)
     for path in report.write(project, args.out, args.round):
-        print(f"wrote {path}")
+        say(f"wrote {path}")
 
 
 def cmd_status(args) -> None:
+    from raydm2.progress import pipeline_order, readable
+
     project = Project.open(args.project)
-    print(f"project {project.config.name} ({project.uri}); pool {project.config.pool}")
-    print(f"{'round':>5}  {'state':<10} {'strategy':<16} {'selected':>8} {'labels':>6}  {'clean':>6} {'robust':>6}  seconds")
+    rounds = []
     for n in project.round_ids():
         m = project.manifest(n)
-        sel = m["counts"].get("selected", "-")
-        labels = project.labels(n).num_rows
-        clean = m["metrics"].get("clean_accuracy")
-        robust = m["metrics"].get("robust_accuracy")
-        timings = " ".join(f"{k}={v:.1f}" for k, v in m["timings"].items())
-        print(
-            f"{n:>5}  {m['state']:<10} {m['strategy']:<16} {sel:>8} {labels:>6}  "
-            f"{'-' if clean is None else f'{clean:.3f}':>6} {'-' if robust is None else f'{robust:.3f}':>6}  {timings}"
-        )
-    print(f"labels in total: {project.all_labels().num_rows}")
+        rounds.append({"round": n, "state": m["state"], "strategy": m["strategy"],
+                       "selected": m["counts"].get("selected"), "labels": project.labels(n).num_rows,
+                       "clean_accuracy": m["metrics"].get("clean_accuracy"),
+                       "robust_accuracy": m["metrics"].get("robust_accuracy"), "timings": m["timings"]})
+    labels = project.all_labels().num_rows
+    result({"project": project.config.name, "uri": project.uri, "pool": project.config.pool, "rounds": rounds,
+            "labels": labels})
+    if args.json:
+        return
+    say(f"project {project.config.name} ({project.uri}); pool {project.config.pool}")
+    say(f"{'round':>5}  {'state':<10} {'strategy':<16} {'selected':>8} {'labels':>6}  {'clean':>6} {'robust':>6}  "
+        "seconds")
+    for r in rounds:
+        clean, robust = r["clean_accuracy"], r["robust_accuracy"]
+        timings = ", ".join(f"{readable(k)} {v:.1f}" for k, v in sorted(r["timings"].items(), key=pipeline_order))
+        say(f"{r['round']:>5}  {r['state']:<10} {r['strategy']:<16} {r['selected'] or '-':>8} {r['labels']:>6}  "
+            f"{'-' if clean is None else f'{clean:.3f}':>6} {'-' if robust is None else f'{robust:.3f}':>6}  {timings}")
+    say(f"labels in total: {labels}")
 
 
 def _open_with_overrides(args) -> Project:
@@ -170,7 +182,7 @@ def cmd_label(args) -> None:
         raise RayDM2Error("give either a label file (--file) or --oracle (ground truth from the pool, simulation)")
     result = loop.label(Project.open(args.project), file=args.file, fmt=args.format, oracle=args.oracle,
                         round_=args.round, allow_unselected=args.allow_unselected)
-    print(f"round {result['round']}: {result['labels']} labels ({'complete' if result['complete'] else 'partial'})")
+    say(f"round {result['round']}: {result['labels']} labels ({'complete' if result['complete'] else 'partial'})")
 
 
 def cmd_export(args) -> None:
@@ -181,14 +193,29 @@ def cmd_export(args) -> None:
     if n is None:
         raise RayDM2Error("no round with a selection to export")
     count = exchange.export(project, n, args.format, args.out, args.url_prefix)
-    print(f"round {n}: exported {count} items to {args.out}")
+    say(f"round {n}: exported {count} items to {args.out}")
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> dict:
     project = _open_with_overrides(args)
     metrics = loop.train(project, args.round)
-    print("trained: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in sorted(metrics.items()) if v is not None))
+    shown = {k: v for k, v in sorted(metrics.items()) if v is not None}
+    if not getattr(args, "in_round", False):
+        result({"trained": shown})
+    say(_trained_line(shown))
+    return shown
+
+
+def _trained_line(m: dict) -> str:
+    line = f"trained on {m.get('train_rows', '?')} labels, {m.get('epoch', '?')} epochs"
+    if m.get("images_per_s"):
+        line += f" ({m['images_per_s']:,.0f} images/s)"
+    if m.get("clean_accuracy") is not None:
+        line += f": accuracy {m['clean_accuracy']:.3f}"
+        if m.get("robust_accuracy") is not None:
+            line += f", under FGSM ε={m.get('eval_epsilon', 0):.4f} {m['robust_accuracy']:.3f}"
+        line += f" on {m.get('test_images', '?')} test images"
+    return line + (f"; train loss {m['train_loss']:.3f}" if m.get("train_loss") is not None else "")
 
 
 def _acquire_options(args, project: Project):
@@ -196,28 +223,36 @@ def _acquire_options(args, project: Project):
     return loop.acquire_options(project.config, actors=args.actors, batch_size=args.batch_size)
 
 
-def cmd_acquire(args) -> None:
+def cmd_acquire(args) -> dict:
     project = _open_with_overrides(args)
     selection = loop.acquire(project, _acquire_options(args, project))
     n = project.latest_round()
     m = project.manifest(n)
-    print(f"round {n}: selected {selection.num_rows} images with {m['strategy']}; "
-          + " ".join(f"{k}={v:.1f}s" for k, v in m["timings"].items()))
+    document = {"round": n, "strategy": m["strategy"], "selected": selection.num_rows,
+                "ids": selection.column("id").to_pylist(), "timings": m["timings"], "warnings": m.get("warnings", [])}
+    if not getattr(args, "in_round", False):
+        result(document)
+    say(f"round {n}: selected {selection.num_rows} images with {m['strategy']} in "
+        f"{m['timings'].get('total_s', 0):.1f} s; next: export them for labeling (`raydm2 export`)")
     for warning in m.get("warnings", []):
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
+    return document
 
 
 def cmd_requery(args) -> None:
     project = _open_with_overrides(args)
     selection, where = loop.requery(project, _acquire_options(args, project))
-    print(f"requery: ranked {selection.num_rows} images into {where}")
+    result({"ranked": selection.num_rows, "where": where, "ids": selection.column("id").to_pylist()},
+           f"requery: ranked {selection.num_rows} images into {where}")
 
 
 def cmd_round(args) -> None:
     project = _open_with_overrides(args)
+    args.in_round = True
     with project.writing():
-        cmd_train(args)
-        cmd_acquire(args)
+        trained = cmd_train(args)
+        acquired = cmd_acquire(args)
+    result({"trained": trained, **acquired})
 
 
 def cmd_simulate(args) -> None:
@@ -237,8 +272,8 @@ def cmd_simulate(args) -> None:
     report = simulate(plan, args.out, title=args.title or f"{base.pool} ({', '.join(plan.strategies)})",
                       records=args.records)
     for name, s in sorted(report["summary"].items(), key=lambda kv: -kv[1]["aubc"]["mean"]):
-        print(f"{name:18s} AUBC {s['aubc']['mean']:.4f} ± {s['aubc']['std']:.4f}   final accuracy "
+        say(f"{name:18s} AUBC {s['aubc']['mean']:.4f} ± {s['aubc']['std']:.4f}   final accuracy "
               f"{s['final_accuracy']['mean']:.4f} ± {s['final_accuracy']['std']:.4f}")
-    print(f"wrote {args.out}/results.json, results.md, curves.png; records in {report['records']}")
+    say(f"wrote {args.out}/results.json, results.md, curves.png; records in {report['records']}")
 
 

@@ -7,6 +7,8 @@ import shutil
 import sys
 from collections.abc import Callable
 
+from raydm2.service.console import say
+
 
 def run(workdir: str, raydm2: Callable[[list[str]], int]) -> None:
     """Run the demo's steps through `raydm2` (the CLI's `main`), printing each command as a user would type it."""
@@ -28,7 +30,12 @@ def run(workdir: str, raydm2: Callable[[list[str]], int]) -> None:
         ["status", "--project", project],
     ]
     for argv in steps:
-        print("$ raydm2 " + " ".join(argv), flush=True)
+        say("$ raydm2 " + " ".join(argv))
         if raydm2(argv) != 0:
             sys.exit(f"demo step failed: raydm2 {' '.join(argv)}")
-    print(f"done: the project is in {workdir}/project (`raydm2 status` and `raydm2 report` work on it)")
+    say(f"""
+Done: the project is in {project}. Next, try:
+  raydm2 report --project {project} --out {workdir}/report      # plots of accuracy, labels and time
+  raydm2 export --project {project} --format labelstudio --out {workdir}/round1.json   # round 1 for annotators
+  raydm2 simulate --out {workdir}/sim --pool {pools}/mnist/train --test-pool {pools}/mnist/test --preset mnist \\
+      --strategies random margin dm2 --seeds 0 --rounds 3 --engine local    # does DM2 beat random here?""")

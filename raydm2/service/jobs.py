@@ -19,7 +19,7 @@ def run(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m raydm2.service.jobs {{{','.join(COMMANDS)}}} --project URI [...]", file=sys.stderr)
         return 2
-    return main(argv)
+    return main(argv, own_process=True)
 
 
 if __name__ == "__main__":

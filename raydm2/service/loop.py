@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from raydm2 import progress
 from raydm2.data import pool
 from raydm2.errors import RayDM2Error
 from raydm2.acquisition.hashing import PURPOSE_SEED, uniform
@@ -19,10 +20,24 @@ from raydm2.ledger.project import Project
 from raydm2.acquisition.topk import TopK
 
 
+def connect(project: Project) -> None:
+    """Join or start the cluster, shipping the module of the project's own model (if any) to its workers."""
+    from raydm2 import runtime
+    from raydm2.models import libraries
+
+    if project.config.model.factory:
+        libraries.factory(project.config.model.factory)
+    runtime.connect()
+
+
 def create_project(uri: str, config: ProjectConfig) -> Project:
-    """A new project at `uri`, after checking that its pools exist, have the pool columns and unique ids."""
+    """A new project at `uri`, after checking that its pools exist, have the pool columns and unique ids, and
+    that its model can take the project's images."""
+    from raydm2.models.registry import check
+
     for pool_uri in filter(None, (config.pool, config.test_pool)):
         pool.pool_info(pool_uri)
+    check(config.model_spec())
     return Project.create(uri, config)
 
 
@@ -104,7 +119,6 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
     checkpoint, which the next acquisition loads. Re-running a killed training of the same round resumes it."""
     from raydm2.models import checkpoint
     from raydm2.models.registry import build
-    from raydm2.runtime import connect
     from raydm2.training import counterparts
     from raydm2.training import ray_trainer as train_mod
 
@@ -118,7 +132,10 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
             raise RayDM2Error(f"round {n} is {state!r}; train needs its labels imported first")
         labels = project.all_labels(upto=n)
         extra = counterparts.uris(project, n) if project.config.train.adversarial == "selection" else []
-        connect()
+        cfg = project.config.train
+        progress.note(f"training round {n} on {labels.num_rows} labels: {cfg.epochs} epochs, {cfg.num_workers} "
+                      f"worker{'s' if cfg.num_workers > 1 else ''} (Ray Train)")
+        connect(project)
         started = time.perf_counter()
         storage = project.loc.join("train_runs")
         weights, metrics = train_mod.fit(project.config, labels, storage.path, storage.fs, f"round-{n:04d}", opts,
@@ -153,7 +170,6 @@ def acquire(project: Project, opts=None) -> pa.Table:
     crash is re-run from scratch; its result is the same because the selection is deterministic."""
     from raydm2 import acquisition
     from raydm2.models import checkpoint
-    from raydm2.runtime import connect
     from raydm2.training import counterparts
 
     strategy = project.config.strategy
@@ -174,9 +190,10 @@ def acquire(project: Project, opts=None) -> pa.Table:
             project.new_round(n, strategy=strategy.name)
         project.update(n, state="acquiring", checkpoint=ckpt.uri)
         excluded = project.selected_ids(before=n)
-        connect()
+        progress.note(f"selecting round {n} with {strategy.name} (budget {strategy.budget}), model of round {t}")
+        connect(project)
         started = time.perf_counter()
-        cache = project.embedding_cache(checkpoint.fingerprint(ckpt))
+        cache = project.embedding_cache(checkpoint.fingerprint(ckpt, project.config.model.freeze_backbone))
         try:
             request = project.config.acquire_request(ckpt.uri, n, excluded, project.all_labels(upto=t), cache)
             result = acquisition.acquire(request, opts or acquire_options(project.config))
@@ -207,17 +224,16 @@ def requery(project: Project, opts=None) -> tuple[pa.Table, str]:
     an unchanged pool a requery ranks exactly what the next acquisition would select."""
     from raydm2 import acquisition
     from raydm2.models import checkpoint
-    from raydm2.runtime import connect
 
     with project.writing():
         t = project.latest_in_state("trained")
         if t is None:
             raise RayDM2Error("no trained round yet: a requery needs a checkpoint")
         ckpt = project.checkpoint_dir(t)
-        connect()
+        connect(project)
         started = time.perf_counter()
         request = project.config.acquire_request(ckpt.uri, t + 1, project.selected_ids(), project.all_labels(upto=t),
-                                                 project.embedding_cache(checkpoint.fingerprint(ckpt)))
+                                                 project.embedding_cache(checkpoint.fingerprint(ckpt, project.config.model.freeze_backbone)))
         result = acquisition.acquire(request, opts or acquire_options(project.config))
         out = project.requery_dir(f"{t:04d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
         out.join("selection.parquet").write_table(result.selection)

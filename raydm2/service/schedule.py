@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.project import Project
+from raydm2.service.console import say
 
 ACTIVE = {"PENDING", "RUNNING"}
 ENDED_BADLY = {"FAILED", "STOPPED"}
@@ -180,7 +181,7 @@ def run_every(client, project_uri: str, interval_s: float, job: str = "round", s
             reason = schedule_once(client, Project.open(project_uri), job).reason
         except DashboardUnreachableError as exc:
             reason = f"skipped: {exc}"
-        print(time.strftime("%Y-%m-%d %H:%M:%S"), reason, flush=True)
+        say(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {reason}")
         ticks += 1
         if stop_after is None or ticks < stop_after:
             time.sleep(interval_s)

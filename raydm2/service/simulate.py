@@ -31,6 +31,7 @@ from typing import Callable, Literal
 import numpy as np
 import pyarrow as pa
 
+from raydm2 import progress
 from raydm2.ledger import labels
 from raydm2.service import loop
 from raydm2.data import pool
@@ -113,8 +114,10 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "
     config = run_config(plan, strategy, seed)
     if os.path.exists(folder):
         shutil.rmtree(folder)
-    salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
-                  else _run_project(plan, config, folder))
+    progress.note(f"{strategy}, seed {seed}:")
+    with progress.notes_only():
+        salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
+                      else _run_project(plan, config, folder))
     return {"strategy": strategy, "seed": seed, "seed_salt": salt, "engine": plan.engine,
             "settings": settings_key(plan, config, data), "environment": environment(), "rounds": rows,
             "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
@@ -123,6 +126,7 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "
 
 def _row(n: int, labels_count: int, metrics: dict, acquire_s: float, train_s: float | None) -> dict:
     # acquire_s is the acquisition that made round n (round 0 is the random seed: none)
+    progress.note(f"round {n}: {labels_count} labels, accuracy {metrics.get('clean_accuracy', float('nan')):.3f}")
     return {"round": n, "labels": labels_count, "clean_accuracy": metrics.get("clean_accuracy"),
             "robust_accuracy": metrics.get("robust_accuracy"), "acquire_s": acquire_s, "train_s": train_s}
 
@@ -308,6 +312,7 @@ def simulate(plan: SimulationPlan, out: str, title: str = "simulation", records:
                     raise RayDM2Error(f"{done} finished with other settings than this plan's; simulate into "
                                       "another records folder, or remove that record to redo the run")
                 runs.append(finished)
+                progress.note(f"{strategy}, seed {seed}: finished before, from {done}")
                 continue
             result = run_one(plan, strategy, seed, os.path.join(out, "runs", f"{strategy}-seed{seed}"), data)
             with open(done + ".tmp", "w") as f:

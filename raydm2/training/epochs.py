@@ -110,7 +110,7 @@ def fit_in_process(config: ProjectConfig, x: np.ndarray, y: np.ndarray, x_test: 
         raise RayDM2Error("train.adversarial 'selection' needs stored counterparts: use the ray engine")
     torch.manual_seed(config.seed)
     device = select_device(cfg.use_gpu)
-    model = build(config.model_spec()).to(device)
+    model = build(config.model_spec(), initial=True).to(device)
     optimizer = make_optimizer(model, cfg)
     metrics: dict = {}
     train_epochs(model, optimizer, x, y.astype(np.int64), cfg, config.seed, 0, device, config.image.channels == 3, 0,

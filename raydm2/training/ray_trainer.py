@@ -57,7 +57,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(job.seed)  # same initial weights on every rank (DDP also broadcasts them)
     device = ray.train.torch.get_device()
 
-    model = ray.train.torch.prepare_model(build(job.model))
+    model = ray.train.torch.prepare_model(build(job.model, initial=True))
     counter = _AllReduceCount()
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model.register_comm_hook(counter, _counting_allreduce)

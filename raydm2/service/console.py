@@ -1,0 +1,124 @@
+"""What the `raydm2` command prints: its own lines, one per thing done, and nothing of Ray's unless `--verbose`.
+
+Three levels: `--quiet` (errors only, for cron), the default (raydm2's lines, with each stage's seconds and rows/s
+as it finishes), `--verbose` or `RAYDM2_LOG=debug` (Ray's own logging and progress bars as well). With `--json`,
+stdout carries exactly one JSON document and raydm2's lines go to stderr.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import sys
+import threading
+
+from raydm2 import progress
+
+_level = "normal"
+_json = False
+
+
+def setup(quiet: bool = False, verbose: bool = False, as_json: bool = False, process: bool = False) -> None:
+    """Choose the level for this process and listen to the library's progress events. `process`: this is the
+    process's own command line (not a call from a program or test), so its stderr may be filtered."""
+    from raydm2 import runtime
+
+    global _level, _json
+    verbose = verbose or os.environ.get("RAYDM2_LOG", "").lower() == "debug"
+    _level = "verbose" if verbose else "quiet" if quiet else "normal"
+    _json = as_json
+    runtime.set_verbose(verbose)
+    progress.listen(None if quiet else _Lines())
+    if process and not verbose:
+        _filter_native_stderr()
+
+
+# Lines Ray's C++ core writes straight to file descriptor 2, bypassing Python's logging, that say nothing a user can
+# act on: an actor pool of Ray Data's own keeps its constructor arguments in the object store.
+_NATIVE_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object "
+                           rb"store and max_restarts > 0")
+_END = b"\0raydm2-stderr-end\n"
+_filter: tuple | None = None
+
+
+def _filter_native_stderr() -> None:
+    """Route fd 2 through a pipe whose reader drops `_NATIVE_NOISE` lines and passes everything else on."""
+    global _filter
+    if _filter is not None:
+        return
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    original = os.dup(2)
+    os.dup2(write_end, 2)
+
+    def pump() -> None:
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as source:
+            while chunk := source.read(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line + b"\n" == _END:
+                        return
+                    if not _NATIVE_NOISE.search(line):
+                        os.write(original, line + b"\n")
+        if pending:
+            os.write(original, pending)
+
+    thread = threading.Thread(target=pump, name="raydm2-stderr", daemon=True)
+    thread.start()
+    _filter = (original, write_end, thread)
+    atexit.register(_restore_stderr)
+
+
+def _restore_stderr() -> None:
+    """Everything written so far reaches the terminal before the process exits."""
+    global _filter
+    if _filter is None:
+        return
+    original, write_end, thread = _filter
+    sys.stderr.flush()
+    os.dup2(original, 2)  # Ray's child processes may still hold the pipe: end the reader with a marker instead
+    os.write(write_end, _END)
+    thread.join(timeout=5)
+    _filter = None
+
+
+def verbose() -> bool:
+    return _level == "verbose"
+
+
+def say(text: str) -> None:
+    """One line of raydm2's own (not shown with --quiet)."""
+    if _level != "quiet":
+        print(text, file=sys.stderr if _json else sys.stdout, flush=True)
+
+
+def result(document: dict, text: str | None = None) -> None:
+    """A command's outcome: `document` as JSON on stdout with --json, else `text` as a line."""
+    if _json:
+        print(json.dumps(document, default=_plain, sort_keys=True), flush=True)
+    elif text is not None:
+        say(text)
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        return value.item()  # numpy scalars
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class _Lines:
+    """A finished stage as one aligned line, e.g. `  embed              2,000 images   3.1 s   645/s`."""
+
+    def stage_done(self, stage: str, seconds: float, rows: int | None) -> None:
+        rate = f"  {rows / seconds:,.0f}/s" if rows and seconds > 0 else ""
+        count = f"{rows:>9,} images" if rows is not None else " " * 16
+        say(f"  {progress.readable(stage):<18}{count} {seconds:7.1f} s{rate}")
+
+    def note(self, text: str) -> None:
+        say(f"  {text}")
