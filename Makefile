@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_project
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test browser clean
 
 install: $(STAMP)
 
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/raydm2 demo --workdir $(DEMO_DIR)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# Reports are checked in a real browser: Debian's Chromium, installed once where apt-get can (as root).
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "Chromium is not installed and could not be: the browser checks will be skipped"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

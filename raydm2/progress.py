@@ -11,7 +11,7 @@ from typing import Protocol
 STAGE_NAMES = {
     "embed_s": "embed", "index_s": "build index", "search_s": "search neighbours", "mix_score_s": "mix + score",
     "score_s": "score", "gather_s": "gather", "select_s": "select", "select_write_s": "select",
-    "train_s": "train", "total_s": "total",
+    "train_s": "train", "ingest_s": "ingest", "total_s": "total",
 }
 
 

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 
 import ray
@@ -48,6 +49,9 @@ def _quiet_ray() -> None:
         # Data says whenever raydm2's actor pools hold every CPU, as they are sized to.
         log_once("ray_data_progress_manager_disabled")
         log_once("cpu_warning")
+        # Ray Data's advice to raise a pool's block count when a small (cached, restricted) input has fewer blocks
+        # than actors: nothing a user of raydm2 can act on.
+        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = _verbose
     context.print_on_execution_start = _verbose

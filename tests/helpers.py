@@ -85,3 +85,24 @@ def local_selection(config: ProjectConfig, checkpoint_uri: str, round_: int, exc
 
     return acquire(config.acquire_request(checkpoint_uri, round_, np.asarray(excluded, np.int64), labeled),
                    engine="local").selection
+
+
+def open_in_chromium(path: str) -> dict:
+    """The page at `path` as Debian's Chromium renders it: its title, its text and, per image, (loaded, natural
+    width); a broken image has width 0."""
+    import pytest
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (`make test` installs Debian's package where it can)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto("file://" + os.path.abspath(path), wait_until="load")
+            return {"title": page.title(), "text": page.inner_text("body"),
+                    "images": page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth])")}
+        finally:
+            browser.close()

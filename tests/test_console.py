@@ -39,14 +39,13 @@ def test_demo_is_a_screenful_then_json_and_quiet_behave(tmp_path):
     project = str(tmp_path / "demo_project" / "project")
     quiet = _raydm2("label", "--project", project, "--oracle", "--quiet", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
-    round_ = _raydm2("round", "--project", project, "--json", "--set", "train.epochs=2", cwd=tmp_path)
-    assert round_.returncode == 0, round_.stderr[-3000:]
-    document = json.loads(round_.stdout)  # the whole of stdout is one document
-    assert document["round"] == 2 and document["selected"] == 50 and len(set(document["ids"])) == 50
-    assert 0 < document["trained"]["clean_accuracy"] <= 1 and document["timings"]["mix_score_s"] > 0
-    assert "selected 50 images" in round_.stderr  # the human lines went to stderr
+    requery = _raydm2("requery", "--project", project, "--json", cwd=tmp_path)
+    assert requery.returncode == 0, requery.stderr[-3000:]
+    document = json.loads(requery.stdout)  # the whole of stdout is one document
+    assert document["ranked"] == 50 and len(set(document["ids"])) == 50
+    assert "requeries" in document["where"] and "requery: ranked" in requery.stderr  # the lines went to stderr
     status = json.loads(_raydm2("status", "--project", project, "--json", cwd=tmp_path).stdout)
-    assert [r["state"] for r in status["rounds"]] == ["trained", "trained", "selected"] and status["labels"] == 150
+    assert [r["state"] for r in status["rounds"]] == ["trained", "labeled"] and status["labels"] == 150
     refused = _raydm2("status", "--project", str(tmp_path / "nowhere"), "--json", "--quiet", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1
 

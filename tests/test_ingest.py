@@ -154,3 +154,23 @@ def test_pool_without_image_column(tmp_path):
 def test_unknown_uri_scheme():
     with pytest.raises(RayDM2Error, match="unknown URI scheme 'ftp'"):
         pool.pool_info("ftp://example.com/pool")
+
+
+@pytest.mark.ray
+def test_a_folder_ingested_by_ray_data_equals_the_one_process_ingest(ray_cluster, tmp_path):
+    """Same ids, bytes, labels and sources part by part; appending continues the ids; no staging left behind."""
+    from test_real_pools import write_photos
+
+    write_photos(tmp_path / "photos", per_class=5)
+    local = folder.ingest_folder(str(tmp_path / "photos"), str(tmp_path / "local"), distributed=False)
+    spread = folder.ingest_folder(str(tmp_path / "photos"), str(tmp_path / "ray"), distributed=True, rows_per_part=4)
+    assert local == spread and local[0] == 15
+    assert len(pool.part_uris(str(tmp_path / "ray"))) == 4
+
+    def table(name):
+        return pool.read_columns(str(tmp_path / name), ["id", "image", "label", "source"]).sort_by("id")
+
+    assert table("ray").equals(table("local"))
+    folder.ingest_folder(str(tmp_path / "photos"), str(tmp_path / "ray"), distributed=True, rows_per_part=10)
+    ids = table("ray").column("id").to_pylist()
+    assert ids == list(range(30)) and sorted(os.listdir(tmp_path / "ray"))[0].startswith("part-")

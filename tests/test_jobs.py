@@ -24,7 +24,7 @@ from raydm2.service.cli import main as cli
 from raydm2.ledger.config import ProjectConfig
 from raydm2.ledger.project import Project
 from raydm2.service.schedule import run_every, schedule_once
-from tests.helpers import seeded_project
+from tests.helpers import open_in_chromium, seeded_project
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -234,9 +234,13 @@ def test_scheduled_rounds_and_a_requery_succeed_on_a_token_cluster_from_a_path_w
 
     report_dir = tmp_path / "report"
     assert cli(["report", "--project", project.uri, "--out", str(report_dir)]) == 0
-    pngs = sorted(p.name for p in report_dir.iterdir())
-    assert pngs == ["accuracy.png", "map_round_2.png", "stages.png"]
-    assert all((report_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    files = sorted(p.name for p in report_dir.iterdir())
+    assert files == ["accuracy.png", "classes.png", "map_round_2.png", "report.html", "stages.png"]
+    assert all((report_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in files if p.endswith(".png"))
+    page = open_in_chromium(str(report_dir / "report.html"))  # renders in a real browser, every image loads
+    assert page["title"] == "raydm2 report: loop" and len(page["images"]) == 4
+    assert all(loaded and width > 300 for loaded, width in page["images"])
+    assert "Selection map, round 2" in page["text"] and "Labels per class" in page["text"]
 
     requery = submitted_id(schedule(cluster, project.uri, "--job", "requery"))
     assert requery.startswith(project_prefix(project) + "requery-1-")  # round 1 is the latest trained

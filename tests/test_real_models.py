@@ -95,8 +95,20 @@ def test_library_refusals_name_the_problem(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a state dict")
     with pytest.raises(RayDM2Error, match="junk.pt is not a loadable state dict"):
         check(ModelSpec("torchvision/resnet18", 3, 3, 32, weights=str(tmp_path / "junk.pt")))
-    with pytest.raises(ValueError, match="weights need a torchvision/ or timm/ arch"):
-        ProjectConfig(name="p", pool="x", classes=["a", "b"], model={"arch": "small_cnn", "weights": "x.pt"})
+    with pytest.raises(ValueError, match="'IMAGENET1K_V1' is a library's weights name"):
+        ProjectConfig(name="p", pool="x", classes=["a", "b"], model={"arch": "small_cnn", "weights": "IMAGENET1K_V1"})
+
+
+def test_a_built_in_body_starts_from_another_projects_checkpoint(tmp_path):
+    """Transfer: model.weights of a built-in arch takes a raydm2 checkpoint's body (its head has other classes)."""
+    source = ModelSpec("small_cnn", 5, 1, 28)
+    torch.manual_seed(3)
+    trained = build(source)
+    checkpoint.save(trained, source, str(tmp_path / "ck"))
+    target = ModelSpec("small_cnn", 3, 1, 28, weights=str(tmp_path / "ck" / checkpoint.WEIGHTS))
+    model = build(target, initial=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.body.state_dict().values(), trained.body.state_dict().values()))
+    assert model.head.out_features == 3 and not torch.equal(build(target).body[0].weight, trained.body[0].weight)
     with pytest.raises(ValueError, match="unknown model 'resnet1000'"):
         ProjectConfig(name="p", pool="x", classes=["a", "b"], model={"arch": "resnet1000"})
 

@@ -17,7 +17,7 @@ from raydm2.errors import RayDM2Error
 from raydm2.ledger.presets import PRESETS
 from raydm2.service.simulate import SimulationPlan, aubc, environment, simulate
 
-from helpers import CLASSES
+from helpers import CLASSES, open_in_chromium
 
 
 def test_aubc_is_the_normalised_trapezoid_area():
@@ -33,7 +33,22 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
                           rounds=2, engine="local")
     out = str(tmp_path / "sim")
     report = simulate(plan, out, title="sample")
-    assert {os.path.basename(p) for p in os.listdir(out)} >= {"results.json", "results.md", "curves.png", "runs"}
+    assert {os.path.basename(p) for p in os.listdir(out)} >= {"results.json", "results.md", "curves.png", "runs",
+                                                              "results.html"}
+    page = open_in_chromium(os.path.join(out, "results.html"))
+    assert page["title"] == "sample" and page["images"] == [[True, page["images"][0][1]]]
+    assert page["images"][0][1] > 500 and "margin" in page["text"] and "AUBC" in page["text"]
+    # The random runs are a baseline for a project's report over the same pool, and only the same pool.
+    from raydm2.ledger.project import Project
+    from raydm2.service import report as report_mod
+
+    project = Project.create(str(tmp_path / "p"), base)
+    x, mean, std = report_mod.random_baseline(os.path.join(out, "results.json"), project)
+    assert x.tolist() == [20, 30, 40] and mean.tolist() == [r["clean_accuracy"] for r in
+                                                           report["runs"][0]["rounds"]] and std.tolist() == [0, 0, 0]
+    other = Project.create(str(tmp_path / "q"), base.model_copy(update={"pool": sample_pools["mnist_test"]}))
+    with pytest.raises(RayDM2Error, match="a baseline of other data would mislead"):
+        report_mod.random_baseline(os.path.join(out, "results.json"), other)
 
     runs = {r["strategy"]: r for r in report["runs"]}
     for name, run in runs.items():

@@ -1,6 +1,8 @@
 """The strategy suite: each heuristic on a hand-built case with a known answer, then every registered strategy
 end to end through the distributed pipeline, checked against the same computation done in one process."""
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -22,7 +24,7 @@ CLASSES = [str(i) for i in range(10)]
 # ---- hand-built cases ----------------------------------------------------------------------------------------
 def test_the_config_takes_exactly_the_registered_strategies_with_their_own_settings():
     assert {"random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "alpha_mix",
-            "noise_stability", "dm2"} <= set(strategies.names())
+            "noise_stability", "typiclust", "dm2"} <= set(strategies.names())
     for name in strategies.names():
         config = ProjectConfig(name="t", pool="p", classes=CLASSES, strategy={"name": name})
         assert type(config.strategy) is strategies.get(name).settings
@@ -131,6 +133,51 @@ def test_alpha_mix_flags_points_near_the_boundary():
     assert flips[0] >= 1 and flips[1] == 0
 
 
+def test_alpha_mix_grows_its_cap_like_the_official_loop_and_clusters_directions():
+    """Cap 0.2 flips only the image nearest the boundary; the cap grows until more than B = 2 images are
+    candidates (0.4 adds the second); the third, deep in its class, never flips and is not a candidate. k-means
+    runs on unit vectors: two candidates of one direction but different norms count as one cluster."""
+    assert alpha_mix.caps(0.2) == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and alpha_mix.caps(0.3)[-1] == 1.0
+    weight, bias = np.array([[-1.0, 0.0], [1.0, 0.0]]), np.zeros(2)
+    anchors = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    z = np.array([[-0.02, 0.3], [-0.2, 0.3], [-30.0, 0.3], [-0.03, 0.3]])
+    batch = {"id": np.arange(4), "z": z, "conf": np.ones(4)}
+    out = alpha_mix.flips_batch(batch, anchors, weight, bias, cap_step=0.2)
+    assert out["first_cap"][0] == 0 and out["first_cap"][3] == 0 and np.isinf(out["first_cap"][2])
+    assert 0 < out["first_cap"][1] < np.inf
+    picked = alpha_mix.alpha_mix(np.arange(4), z, out["first_cap"], out["flips"], np.ones(4), 2, 0, 1)
+    assert set(picked.column("id").to_pylist()) <= {0, 1, 3} and picked.num_rows == 2
+    # Two directions; along x, norms 1, 2 and 100. On raw vectors k-means would split off the norm-100 one and
+    # take both picks along x; on unit vectors it takes one pick per direction.
+    z = np.array([[1.0, 0.0], [100.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 1.1]])
+    picked = alpha_mix.alpha_mix(np.arange(5), z, np.zeros(5), np.ones(5, np.int64), np.ones(5), 2, 0, 1)
+    assert sorted(int(i >= 3) for i in picked.column("id").to_pylist()) == [0, 1]
+
+
+def test_typiclust_takes_the_most_typical_image_of_each_uncovered_cluster():
+    """Three tight groups of directions (one labeled, so covered) and stragglers: B = 2 picks, one per uncovered
+    group, each the member with the nearest neighbours (the group's dense centre), never an outlier."""
+    from raydm2.acquisition.strategies import typiclust
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    groups = [c + rng.normal(0, 0.02, (30, 3)) for c in centres]
+    for g, c in zip(groups, centres):
+        g[0] = c  # the centre itself: the most typical member
+        g[1] = c + 0.15  # a straggler at the edge
+    z = np.concatenate(groups)
+    ids = np.arange(len(z)) + 1000
+    picked = sorted(typiclust.typiclust(ids, z, labeled_z=centres[:1], budget=2, k=20, seed=3)
+                    .column("id").to_pylist())
+    assert [p // 30 for p in np.array(picked) - 1000] == [1, 2] and not {1031, 1061} & set(picked)
+    unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+    for group, pick in zip((1, 2), picked):  # the highest typicality of its group, computed by brute force
+        members = unit[30 * group:30 * group + 30]
+        d = np.sqrt(((members[:, None] - members[None]) ** 2).sum(-1))
+        np.fill_diagonal(d, np.inf)
+        assert np.argmax(1 / np.sort(d, axis=1)[:, :20].mean(1)) == pick - 1000 - 30 * group
+
+
 def test_kmeans_representatives_take_one_per_cluster():
     rng = np.random.default_rng(0)
     centres = np.array([[0, 0], [10, 0], [0, 10]], float)
@@ -145,7 +192,8 @@ LABELED = np.arange(0, 200, dtype=np.int64)
 # A few strategies run with two actors and several blocks, the rest with one: sharding must not matter.
 SHARDED = {"margin", "badge", "noise_stability", "coreset"}
 # Settings that keep a strategy's run short on 2 cores.
-QUICK = {"noise_stability": {"noise_stability": {"draws": 5}}}
+# NoiseStability also runs its official protocol's per-round candidate subset, which every strategy takes.
+QUICK = {"noise_stability": {"noise_stability": {"draws": 5}, "candidates": 150}}
 
 
 def labeled_rows(pool_uri: str) -> pa.Table:
@@ -167,5 +215,45 @@ def test_strategy_on_ray_equals_the_in_memory_engine(ray_cluster, small_pool, tr
     assert sel.column("rank").to_pylist() == list(range(12))
     assert not np.isin(sel.column("id").to_numpy(), LABELED).any()
     assert len(set(sel.column("id").to_pylist())) == 12
-    assert result.counts["candidates"] == 600
+    assert result.counts["candidates"] == QUICK.get(name, {}).get("candidates", 600)
     assert_same_selection(sel, local_selection(cfg, trained_checkpoint, 1, LABELED, labeled))
+
+
+def test_candidate_subsets_are_fresh_each_round_and_never_hold_excluded_ids(small_pool, trained_checkpoint):
+    from raydm2.acquisition import outside_candidates
+    from raydm2.data import pool
+
+    ids = pool.read_columns(small_pool, ["id"]).column("id").to_numpy()
+    cfg = ProjectConfig(name="t", pool=small_pool, classes=CLASSES, seed=7,
+                        strategy={"name": "margin", "budget": 5, "candidates": 100})
+    subsets = []
+    for round_ in (1, 2, 1):
+        excluded = outside_candidates(cfg.acquire_request(trained_checkpoint, round_, LABELED))
+        subset = np.setdiff1d(ids, excluded)
+        assert len(subset) == 100 and not np.isin(subset, LABELED).any() and np.isin(LABELED, excluded).all()
+        subsets.append(subset)
+    assert subsets[0].tolist() == subsets[2].tolist() and len(np.intersect1d(subsets[0], subsets[1])) < 50
+
+
+@pytest.mark.ray
+def test_seed_by_typiclust_on_a_transferred_backbone(ray_cluster, small_pool, trained_checkpoint, tmp_path):
+    """`raydm2 seed --strategy typiclust` with a built-in body started from another checkpoint: round 0 is picked
+    from the features, the features are kept with the round, and a second project picks the same."""
+    from raydm2.ledger.project import Project
+    from raydm2.models import checkpoint
+    from raydm2.service import loop
+
+    picks = []
+    for name in ("a", "b"):
+        project = Project.create(str(tmp_path / name), ProjectConfig(
+            name=name, pool=small_pool, classes=CLASSES, seed=4,
+            model={"weights": os.path.join(trained_checkpoint, checkpoint.WEIGHTS)}))
+        selection = loop.seed(project, 10, strategy="typiclust")
+        m = project.manifest(0)
+        assert m["strategy"] == "typiclust" and m["state"] == "selected" and m["counts"]["candidates"] == 800
+        assert checkpoint.read_meta(m["checkpoint"])["spec"]["arch"] == "small_cnn"
+        picks.append(selection.column("id").to_pylist())
+    assert len(set(picks[0])) == 10 and picks[0] == picks[1]
+    with pytest.raises(RayDM2Error, match="unknown seed strategy 'kmeans'"):
+        loop.seed(Project.create(str(tmp_path / "c"), ProjectConfig(name="c", pool=small_pool, classes=CLASSES)),
+                  5, strategy="kmeans")

@@ -92,9 +92,10 @@ class RayEngine(Engine):
         """Read, restrict, decode, embed; returns the materialised (id, z, conf, ok, finite) dataset and how many
         rows came from the cache.
 
-        With a cache (one folder per checkpoint), images embedded before are not embedded again: the pool is
-        anti-joined with the cached ids, only the rest goes through the model, and those new embeddings are added
-        to the cache as one more folder, renamed into place whole so a crash never leaves a partial one.
+        With a cache (one folder per checkpoint), images embedded before are not embedded again: the driver
+        compares the pool's id column with the cached ids (ids only: no image bytes are shuffled), only the rest
+        is read and goes through the model (nothing at all when every image is cached), and those new embeddings
+        are added to the cache as one more folder, renamed into place whole so a crash never leaves a partial one.
         """
         cache = self.request.cache
         ds = _restrict(self._read_pool(), excluded=excluded)
@@ -109,7 +110,12 @@ class RayEngine(Engine):
                 cached = cached.map_batches(_head_confidence, fn_kwargs={"weight": weight, "bias": bias},
                                             batch_format="numpy", num_cpus=0.25)
             cached = cached.materialize()
-            ds = ds.join(cached.select_columns(["id"]), "left_anti", max(self._plan().size, 1), on=("id",))
+            ids = pool.read_columns(self.request.pool, ["id"]).column("id").to_numpy()
+            todo = np.setdiff1d(ids, np.concatenate([_column(cached, "id"), np.asarray(
+                excluded if excluded is not None else [], np.int64)]))
+            if len(todo) == 0:
+                return cached, cached.count()
+            ds = _restrict(self._read_pool(), only=todo)
         ds = self._map_model(self._decode(ds), Embedder).materialize()
         if cache is not None and ds.count():
             new = _count_rows(ds)
@@ -194,6 +200,12 @@ class RayEngine(Engine):
 
 
 # ---- tasks and actors ----------------------------------------------------------------------------------------
+def _column(ds: ray.data.Dataset, name: str) -> np.ndarray:
+    """One column of a materialised dataset, gathered on the driver."""
+    tables = ray.get(ds.select_columns([name]).to_arrow_refs())
+    return np.concatenate([t.column(name).to_numpy() for t in tables]) if tables else np.empty(0, np.int64)
+
+
 def _restrict(ds: ray.data.Dataset, excluded: np.ndarray | None = None, only: np.ndarray | None = None):
     """Drop the `excluded` ids, or keep `only` those ids. The id array travels as one shared ObjectRef."""
     if only is not None:

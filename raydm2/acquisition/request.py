@@ -22,6 +22,9 @@ class StrategySettings(BaseModel):
 
     name: str
     budget: int = Field(100, gt=0, le=10_000_000)
+    # Score a fresh seeded random subset of this many unlabeled images each round instead of the whole pool (the
+    # protocol of NoiseStability's and several baselines' official code); None: the whole pool.
+    candidates: int | None = Field(None, gt=0)
 
 
 @dataclass(frozen=True)

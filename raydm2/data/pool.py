@@ -184,6 +184,14 @@ def append(
     return ids
 
 
+def write_part(loc: Location, ids, images: list[bytes], labels, sources: list[str]) -> None:
+    """One part file of rows whose ids the caller has checked (a distributed ingest's task writes one)."""
+    _write_part(loc, pa.table({
+        "id": pa.array(ids, pa.int64()), "image": pa.array(images, pa.binary()),
+        "label": pa.nulls(len(ids), pa.int64()) if labels is None else pa.array(labels, pa.int64()),
+        "source": pa.array(sources, pa.string())}, schema=POOL_SCHEMA))
+
+
 def _write_part(loc: Location, table: pa.Table) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=ROW_GROUP_SIZE)

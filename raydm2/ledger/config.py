@@ -54,8 +54,9 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _weights_need_a_library(self):
-        if self.weights and not libraries.is_library(self.arch) and not self.factory:
-            raise ValueError(f"weights need a torchvision/ or timm/ arch; {self.arch!r} trains from scratch")
+        if self.weights and not libraries.is_library(self.arch) and not libraries.is_file(self.weights):
+            raise ValueError(f"{self.weights!r} is a library's weights name, which needs a torchvision/ or timm/ arch;"
+                             f" {self.arch!r} starts from a state-dict file (a path) or from scratch")
         if self.factory and self.weights:
             raise ValueError("a factory model loads its own weights; drop model.weights")
         return self
@@ -196,15 +197,16 @@ def nested(flat: dict) -> dict:
 
 def merge_settings(*layers: dict) -> dict:
     """Deep-merge layers of settings, later layers winning: presets, a settings file, command-line values. A layer
-    whose `strategy.name` differs from the strategy so far starts that section afresh (keeping `budget`), since one
-    strategy's settings mean nothing to another."""
+    whose `strategy.name` differs from the strategy so far starts that section afresh (keeping the settings every
+    strategy has: `budget`, `candidates`), since one strategy's settings mean nothing to another."""
     merged: dict = {}
     for layer in layers:
         strategy = layer.get("strategy")
         current = merged.get("strategy")
         if isinstance(strategy, dict) and isinstance(current, dict) and \
                 strategy.get("name", current.get("name", DEFAULT_STRATEGY)) != current.get("name", DEFAULT_STRATEGY):
-            merged["strategy"] = {k: v for k, v in current.items() if k == "budget"}
+            merged["strategy"] = {k: v for k, v in current.items() if k in StrategySettings.model_fields
+                                  and k != "name"}
         merged = _deep_merge(merged, layer)
     return merged
 

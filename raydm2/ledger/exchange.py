@@ -14,6 +14,7 @@ import io
 import json
 import os
 import stat
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -21,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from raydm2.data import pool
 from raydm2.errors import RayDM2Error
+from raydm2.ledger import labelstudio
 from raydm2.data.storage import resolve
 
 FORMATS = ("csv", "jsonl", "labelstudio")
@@ -39,7 +41,8 @@ def _image_ref(image_dir: str, url_prefix: str | None, name: str) -> str:
 
 
 def export(project, n: int, fmt: str, out: str, url_prefix: str | None = None) -> int:
-    """Write round n's selection to `out` (plus `<out stem>_images/`); returns the number of items."""
+    """Write round n's selection to `out` (plus `<out stem>_images/`; for Label Studio also `<out stem>_config.xml`
+    and, after round 0, the selecting model's prediction on each task); returns the number of items."""
     if fmt not in FORMATS:
         raise RayDM2Error(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     selection = project.selection(n)
@@ -71,14 +74,46 @@ def export(project, n: int, fmt: str, out: str, url_prefix: str | None = None) -
     elif fmt == "jsonl":
         text = "".join(json.dumps(row) + "\n" for row in rows)
     else:
-        tasks = [{"data": {"image": r["image"], "raydm2_id": r["id"], "score": r["score"]}} for r in rows]
+        predicted, version = _predictions(project, n, ids, by_id)
+        tasks = [labelstudio.task(r, predicted.get(r["id"]), version) for r in rows]
         text = json.dumps(tasks, indent=1)
+        # The project's labeling config, to paste into Label Studio (Settings > Labeling Interface > Code).
+        resolve(out_loc.uri.rsplit(".", 1)[0] + "_config.xml").write_text(
+            labelstudio.labeling_config(project.config.classes))
     out_loc.write_text(text)
     with project.writing():
         state = project.manifest(n)["state"]
         if state in ("selected", "exported"):
             project.update(n, state="exported", exported={"format": fmt, "path": out_loc.uri, "items": len(rows)})
     return len(rows)
+
+
+def _predictions(project, n: int, ids, by_id: dict) -> tuple[dict, str | None]:
+    """{id: (class, confidence)} of the model that selected round n (none for the random round 0)."""
+    uri = project.manifest(n).get("checkpoint")
+    if not uri:
+        return {}, None
+    import torch
+
+    from raydm2.data.images import UndecodableImage, decode, to_tensor
+    from raydm2.models import checkpoint
+
+    model = checkpoint.load(uri, project.config.model_spec()).eval()
+    spec, out = project.config.image_spec(), {}
+    decodable = []
+    for i in map(int, ids):
+        try:
+            decodable.append((i, decode(by_id[i], spec)))
+        except UndecodableImage:
+            continue  # the annotator still sees the file; there is just no pre-annotation for it
+    with torch.inference_mode():
+        for start in range(0, len(decodable), 256):
+            chunk = decodable[start:start + 256]
+            p = torch.softmax(model(to_tensor(np.stack([x for _, x in chunk]))), 1)
+            conf, cls = p.max(1)
+            out.update({i: (project.config.classes[int(c)], round(float(s), 4))
+                        for (i, _), c, s in zip(chunk, cls, conf)})
+    return out, f"raydm2-{project.config.name}-round-{n - 1}"
 
 
 MAX_LABEL_FILE_BYTES = 512 * 2**20
@@ -123,8 +158,19 @@ def _to_id(value, where: str) -> int:
     return number
 
 
-def parse(path: str, classes: list[str], fmt: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a label file into (ids, class indices). Format from `fmt` or the file extension."""
+@dataclass(frozen=True)
+class LabelFile:
+    ids: np.ndarray
+    labels: np.ndarray  # class indices
+    cancelled: int = 0  # Label Studio annotations skipped by their annotator
+    unannotated: int = 0  # Label Studio tasks with no usable annotation yet
+
+
+def parse(path: str, classes: list[str], fmt: str | None = None,
+          from_name: str = labelstudio.FROM_NAME) -> LabelFile:
+    """Read a label file into ids and class indices. Format from `fmt` or the file extension; a CSV or TSV that
+    Label Studio wrote (it has a `raydm2_id` column) is read as Label Studio's. `from_name`: the name of the Choices
+    tag in a Label Studio project's labeling config."""
     loc = resolve(path)
     info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.NotFound:
@@ -141,20 +187,31 @@ def parse(path: str, classes: list[str], fmt: str | None = None) -> tuple[np.nda
         raise RayDM2Error(f"{path}: not UTF-8 text") from None
     if not text.strip():
         raise RayDM2Error(f"{path}: the label file is empty")
-    fmt = fmt or {".csv": "csv", ".jsonl": "jsonl", ".json": "labelstudio"}.get(os.path.splitext(path)[1].lower())
+    fmt = fmt or {".csv": "csv", ".tsv": "labelstudio", ".jsonl": "jsonl",
+                  ".json": "labelstudio"}.get(os.path.splitext(path)[1].lower())
+    header = next(csv.reader(io.StringIO(text.split("\n", 1)[0], newline=""),
+                             delimiter="\t" if "\t" in text.split("\n", 1)[0] else ","), [])
+    studio = labelstudio.Parsed()
+    if fmt == "csv" and labelstudio.looks_like_csv_export(header):
+        fmt = "labelstudio"
     if fmt == "csv":
         pairs = _parse_csv(text, path)
     elif fmt == "jsonl":
         pairs = _parse_jsonl(text, path)
     elif fmt == "labelstudio":
-        pairs = _parse_labelstudio(text, path)
+        studio = (labelstudio.parse_json(text, path, from_name) if text.lstrip().startswith("[")
+                  else labelstudio.parse_csv(text, path, from_name))
+        pairs = studio.pairs
+        if not pairs and studio.cancelled + studio.unannotated:
+            raise RayDM2Error(f"{path}: no task is annotated yet ({studio.cancelled} skipped, {studio.unannotated} "
+                              "without an annotation)")
     else:
         raise RayDM2Error(f"{path}: cannot tell the format; pass --format csv|jsonl|labelstudio")
     if not pairs:
         raise RayDM2Error(f"{path}: the label file has no rows")
     ids = np.array([_to_id(i, f"{path} row {k + 1}") for k, (i, _) in enumerate(pairs)], np.int64)
     labels = np.array([_to_index(v, classes, f"{path} row {k + 1}") for k, (_, v) in enumerate(pairs)], np.int64)
-    return ids, labels
+    return LabelFile(ids, labels, studio.cancelled, studio.unannotated)
 
 
 def _parse_csv(text: str, path: str) -> list:
@@ -193,34 +250,4 @@ def _parse_jsonl(text: str, path: str) -> list:
         if not isinstance(obj, dict) or "id" not in obj or "label" not in obj:
             raise RayDM2Error(f"{path} line {k + 1}: each line needs 'id' and 'label'")
         pairs.append((obj["id"], obj["label"]))
-    return pairs
-
-
-def _parse_labelstudio(text: str, path: str) -> list:
-    """A Label Studio JSON export: tasks with data.raydm2_id and an annotation whose result holds choices."""
-    try:
-        tasks = json.loads(text)
-    except ValueError as exc:
-        raise RayDM2Error(f"{path}: not JSON ({exc})") from None
-    if not isinstance(tasks, list):
-        raise RayDM2Error(f"{path}: a Label Studio export is a JSON list of tasks")
-    pairs = []
-    for k, task in enumerate(tasks):
-        data = task.get("data", {}) if isinstance(task, dict) else {}
-        if not isinstance(data, dict) or "raydm2_id" not in data:
-            raise RayDM2Error(f"{path} task {k + 1}: no data.raydm2_id (was it exported by raydm2?)")
-        annotations = task.get("annotations", [])
-        if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
-            raise RayDM2Error(f"{path} task {k + 1}: 'annotations' is not a list of annotations")
-        try:
-            choices = [c for ann in annotations if not ann.get("was_cancelled")
-                       for res in ann.get("result", []) for c in res.get("value", {}).get("choices", [])]
-        except (AttributeError, TypeError):
-            raise RayDM2Error(f"{path} task {k + 1}: an annotation's result is not Label Studio's "
-                              "[{value: {choices: [...]}}]") from None
-        if not choices:
-            continue  # not annotated yet: labels may arrive over several exports
-        if len(set(choices)) > 1:
-            raise RayDM2Error(f"{path} task {k + 1}: annotations disagree ({sorted(map(_shown, set(choices)))})")
-        pairs.append((data["raydm2_id"], choices[0]))
     return pairs

@@ -158,6 +158,15 @@ def _read_file(uri: str) -> dict:
     return state
 
 
+def load_body_file(net: nn.Module, uri: str) -> None:
+    """A built-in body from a state-dict file: the body's own keys, or a raydm2 checkpoint's `body.*` (a model
+    trained by another project, transferred)."""
+    state = _read_file(uri)
+    if any(k.startswith("body.") for k in state):
+        state = {k[len("body."):]: v for k, v in state.items() if k.startswith("body.")}
+    _load_into(net, state, uri)
+
+
 def _load_into(net: nn.Module, state: dict, source: str) -> None:
     """Every parameter and buffer of the body must come from `state`; the weights' own classifier is dropped."""
     own = net.state_dict()

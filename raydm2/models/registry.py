@@ -28,7 +28,7 @@ class ModelSpec:
     image_size: int
     cifar_stem: bool = True
     dropout: float = 0.25
-    weights: str | None = None  # initial weights: a library's weights name or a state-dict file
+    weights: str | None = None  # initial weights: a library's weights name, or a state-dict file (any arch)
     factory: str | None = None  # "package.module:function": the user's own body (then `arch` is "factory")
     freeze_backbone: bool = False
 
@@ -170,6 +170,8 @@ def build(spec: ModelSpec, initial: bool = False) -> Classifier:
         body, feature_dim, body_channels = libraries.body(spec.arch, spec.weights, initial)
     elif spec.arch in REGISTRY:
         body, feature_dim, body_channels = REGISTRY[spec.arch](spec)
+        if initial and spec.weights:
+            libraries.load_body_file(body, spec.weights)
     else:
         raise RayDM2Error(f"unknown model {spec.arch!r}; available: {', '.join(sorted(REGISTRY))}, "
                           "torchvision/<name>, timm/<name>")

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = fmts.add_parser("folder", parents=[common], help="root/<class>/*.png|jpg (labelled) or a flat folder -> pool")
     q.add_argument("--root", required=True)
     q.add_argument("--out", required=True)
+    q.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the files with Ray Data tasks (default: from 100,000 files)")
     q = fmts.add_parser("numpy", parents=[common], help=".npy uint8 images (+ .npy labels) -> pool")
     q.add_argument("--images", required=True)
     q.add_argument("--labels")
@@ -79,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("seed", help="round 0: a seeded random initial selection")
     p.add_argument("--project", required=True)
     p.add_argument("--n", type=int, required=True)
+    p.add_argument("--strategy", choices=["random", "typiclust"], default="random",
+                   help="typiclust: the most typical image of each of N clusters of the initial model's features")
     p.set_defaults(func=cmd_seed)
 
     p = add("export", help="write a round's selection for annotators (CSV, JSONL, Label Studio)")
@@ -92,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("label", help="import labels for a round's selection")
     p.add_argument("--project", required=True)
     p.add_argument("--round", type=int)
-    p.add_argument("--file", help="CSV (id,label), JSONL, or a Label Studio JSON export")
+    p.add_argument("--file", help="CSV (id,label), JSONL, or a Label Studio export (JSON, JSON-MIN, CSV, TSV)")
     p.add_argument("--format", choices=["csv", "jsonl", "labelstudio"], help="default: from the file extension")
     p.add_argument("--oracle", action="store_true", help="ground truth from the pool's label column (simulation)")
     p.add_argument("--allow-unselected", action="store_true")
+    p.add_argument("--from-name", default="label",
+                   help="Label Studio: the name of the Choices tag in the labeling config (default: label)")
     p.set_defaults(func=cmd_label)
 
     for name, func, text in (
@@ -126,10 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(p)
     p.set_defaults(func=cmd_schedule)
 
-    p = add("report", help="PNG plots: accuracy vs labels, time per stage, selection map")
+    p = add("report", help="report.html (and its PNGs): accuracy, class balance, time per stage, selection map")
     p.add_argument("--project", required=True)
-    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--out", required=True, help="folder for report.html and the PNG files")
     p.add_argument("--round", type=int, action="append", help="map these rounds (default: the latest)")
+    p.add_argument("--baseline", help="a `raydm2 simulate` results.json of the same pool: its random strategy's "
+                   "curve is drawn beside the project's")
     p.set_defaults(func=cmd_report)
 
     p = add("simulate", help="active-learning runs with oracle labels: strategies x seeds -> AUBC")

@@ -47,7 +47,7 @@ def cmd_ingest(args) -> None:
     elif fmt == "folder":
         from raydm2.data import folder
 
-        rows, classes, skipped = folder.ingest_folder(args.root, args.out)
+        rows, classes, skipped = folder.ingest_folder(args.root, args.out, distributed=args.distributed)
         counts = {"rows": rows}
         if classes:
             say("classes (label index = position): " + ", ".join(classes))
@@ -111,8 +111,9 @@ def cmd_init(args) -> None:
 
 def cmd_seed(args) -> None:
     project = Project.open(args.project)
-    selection = loop.seed(project, args.n)
-    say(f"round 0: {selection.num_rows} images selected at random (seed {project.config.seed})")
+    selection = loop.seed(project, args.n, strategy=args.strategy)
+    how = "at random" if args.strategy == "random" else "by typicality (typiclust)"
+    say(f"round 0: {selection.num_rows} images selected {how} (seed {project.config.seed})")
 
 
 def cmd_schedule(args) -> None:
@@ -137,8 +138,8 @@ def cmd_report(args) -> None:
     from raydm2.service import report
 
     project = Project.open(args.project)
-    for path in report.write(project, args.out, args.round):
-        say(f"wrote {path}")
+    paths = report.write(project, args.out, args.round, args.baseline)
+    say(f"wrote {paths[-1]} (open it in a browser) and {len(paths) - 1} PNG files in {args.out}")
 
 
 def cmd_status(args) -> None:
@@ -180,9 +181,12 @@ def _open_with_overrides(args) -> Project:
 def cmd_label(args) -> None:
     if args.oracle == bool(args.file):
         raise RayDM2Error("give either a label file (--file) or --oracle (ground truth from the pool, simulation)")
-    result = loop.label(Project.open(args.project), file=args.file, fmt=args.format, oracle=args.oracle,
-                        round_=args.round, allow_unselected=args.allow_unselected)
-    say(f"round {result['round']}: {result['labels']} labels ({'complete' if result['complete'] else 'partial'})")
+    done = loop.label(Project.open(args.project), file=args.file, fmt=args.format, oracle=args.oracle,
+                      round_=args.round, allow_unselected=args.allow_unselected, from_name=args.from_name)
+    left_out = [f"{n} {what}" for what, n in (("skipped by their annotator", done.get("cancelled")),
+                                               ("not annotated yet", done.get("unannotated"))) if n]
+    say(f"round {done['round']}: {done['labels']} labels ({'complete' if done['complete'] else 'partial'})"
+        + (f"; left out: {', '.join(left_out)}" if left_out else ""))
 
 
 def cmd_export(args) -> None:
@@ -274,6 +278,7 @@ def cmd_simulate(args) -> None:
     for name, s in sorted(report["summary"].items(), key=lambda kv: -kv[1]["aubc"]["mean"]):
         say(f"{name:18s} AUBC {s['aubc']['mean']:.4f} ± {s['aubc']['std']:.4f}   final accuracy "
               f"{s['final_accuracy']['mean']:.4f} ± {s['final_accuracy']['std']:.4f}")
-    say(f"wrote {args.out}/results.json, results.md, curves.png; records in {report['records']}")
+    say(f"wrote {args.out}/results.html (open it in a browser), results.json, results.md, curves.png; records in "
+        f"{report['records']}")
 
 

@@ -20,6 +20,40 @@ from raydm2.ledger.project import Project
 from raydm2.acquisition.topk import TopK
 
 
+def _seed_by_typicality(project: Project, n: int) -> pa.Table:
+    import torch
+
+    from raydm2 import acquisition
+    from raydm2.acquisition import strategies
+    from raydm2.acquisition.request import AcquireRequest
+    from raydm2.models import checkpoint
+    from raydm2.models.registry import build
+
+    config = project.config
+    spec = config.model_spec()
+    project.new_round(0, strategy="typiclust")
+    try:
+        # The features are the initial model's (its weights, or a seeded random init): stored with the round so
+        # the seed can be explained and repeated.
+        features = project.round_dir(0).join("seed_features")
+        torch.manual_seed(config.seed)
+        checkpoint.save(build(spec, initial=True), spec, features)
+        project.update(0, state="acquiring", checkpoint=features.uri)
+        progress.note(f"seeding round 0 with typiclust: {n} clusters of the initial model's features")
+        connect(project)
+        started = time.perf_counter()
+        request = AcquireRequest(pool=config.pool, model=spec, checkpoint=features.uri, round=0, seed=config.seed,
+                                 settings=strategies.get("typiclust").settings(budget=n), image=config.image_spec())
+        result = acquisition.acquire(request, acquire_options(config))
+    except BaseException:
+        project.discard_round(0)
+        raise
+    project.write_selection(0, result.selection)
+    project.update(0, state="selected", counts=result.counts,
+                   timings={**result.timings, "total_s": round(time.perf_counter() - started, 4)})
+    return result.selection
+
+
 def connect(project: Project) -> None:
     """Join or start the cluster, shipping the module of the project's own model (if any) to its workers."""
     from raydm2 import runtime
@@ -42,10 +76,12 @@ def create_project(uri: str, config: ProjectConfig) -> Project:
 
 
 def label(project: Project, ids=None, labels=None, file: str | None = None, fmt: str | None = None,
-          oracle: bool = False, round_: int | None = None, allow_unselected: bool = False) -> dict:
+          oracle: bool = False, round_: int | None = None, allow_unselected: bool = False,
+          from_name: str = "label") -> dict:
     """Import labels into round `round_` (default: the latest round waiting for them), from exactly one of: arrays
     `ids` and `labels` (class indices), a label `file` (CSV, JSONL or Label Studio export; `fmt` or the extension
-    says which), or the pool's ground truth (`oracle`, for simulations). Returns the round and its label counts."""
+    says which; `from_name` names a Label Studio project's Choices tag), or the pool's ground truth (`oracle`, for
+    simulations). Returns the round and its label counts (and what a Label Studio export left out)."""
     from raydm2.ledger import exchange
     from raydm2.ledger import labels as ledger_labels
 
@@ -54,12 +90,15 @@ def label(project: Project, ids=None, labels=None, file: str | None = None, fmt:
     n = round_ if round_ is not None else project.latest_in_state("selected", "exported", "labeled")
     if n is None:
         raise RayDM2Error("no round is waiting for labels")
+    left_out = {}
     if oracle:
         ids, labels = ledger_labels.oracle(project, n)
     elif file is not None:
-        ids, labels = exchange.parse(file, project.config.classes, fmt)
+        parsed = exchange.parse(file, project.config.classes, fmt, from_name)
+        ids, labels = parsed.ids, parsed.labels
+        left_out = {"cancelled": parsed.cancelled, "unannotated": parsed.unannotated}
     result = ledger_labels.import_labels(project, n, ids, labels, allow_unselected=allow_unselected)
-    return {"round": n, **result}
+    return {"round": n, **result, **left_out}
 
 
 def seed_scores(ids: np.ndarray, seed: int, salt: int) -> pa.Table:
@@ -79,15 +118,24 @@ def seed_candidates(project: Project, n: int, salt: int = 0) -> tuple[pa.Table, 
     return best.result(), rows
 
 
-def seed(project: Project, n: int, salt: int = 0) -> pa.Table:
-    """Round 0: `n` pool images picked uniformly at random, as a pure function of (seed, salt, id)."""
+SEED_STRATEGIES = ("random", "typiclust")
+
+
+def seed(project: Project, n: int, salt: int = 0, strategy: str = "random") -> pa.Table:
+    """Round 0: `n` pool images picked uniformly at random, as a pure function of (seed, salt, id); or with
+    `strategy="typiclust"`, the most typical image of each of `n` clusters of the initial model's features (worth
+    it when `model.weights` gives a pretrained backbone)."""
     if n <= 0:
         raise RayDM2Error(f"seed size must be positive, got {n}")
+    if strategy not in SEED_STRATEGIES:
+        raise RayDM2Error(f"unknown seed strategy {strategy!r}; choose {' or '.join(SEED_STRATEGIES)}")
     with project.writing():
         if project.has_round(0):
             raise RayDM2Error(
                 f"round 0 already exists (state {project.manifest(0)['state']!r}); the project is already seeded"
             )
+        if strategy == "typiclust":
+            return _seed_by_typicality(project, n)
         started = time.perf_counter()
         chosen, rows = seed_candidates(project, n, salt)
         if rows == 0:

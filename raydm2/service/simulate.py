@@ -297,7 +297,7 @@ def plot(summary: dict, path: str, title: str) -> None:
 
 def simulate(plan: SimulationPlan, out: str, title: str = "simulation", records: str | None = None) -> dict:
     """Run every (strategy, seed) without a finished record in `records` (default OUT/records); write
-    results.json, results.md and curves.png to OUT."""
+    results.json, results.md, curves.png and results.html (the table and curves in one page) to OUT."""
     records = records or os.path.join(out, "records")
     for folder in (out, records):
         os.makedirs(folder, exist_ok=True)
@@ -327,4 +327,21 @@ def simulate(plan: SimulationPlan, out: str, title: str = "simulation", records:
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(markdown(summary, title))
     plot(summary, os.path.join(out, "curves.png"), title)
+    with open(os.path.join(out, "results.html"), "w") as f:
+        f.write(html_page(summary, os.path.join(out, "curves.png"), title, plan))
     return report
+
+
+def html_page(summary: dict, curves: str, title: str, plan: SimulationPlan) -> str:
+    from raydm2.service import html
+
+    rows = [[name, *(f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in
+                     ("aubc", "robust_aubc", "final_accuracy", "final_robust_accuracy")),
+             round(s["acquire_s_per_round"]["mean"], 1)]
+            for name, s in sorted(summary.items(), key=lambda kv: -kv[1]["aubc"]["mean"])]
+    table = html.table(["strategy", "AUBC", "robust AUBC", "final accuracy", "final robust", "acquire s/round"],
+                       rows)
+    return html.page(title, [("Area under the budget curve (mean ± std over seeds)", table),
+                             ("Accuracy against labels (bands: ± one std)", html.image(curves, "learning curves"))],
+                     note=f"{len(plan.seeds)} seeds, {plan.initial} initial labels + {plan.rounds} rounds of "
+                          f"{plan.per_round}, engine {plan.engine}")

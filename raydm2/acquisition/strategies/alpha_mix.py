@@ -1,10 +1,12 @@
-"""ALFA-Mix (Parvaneh et al., CVPR 2022) with the closed-form α.
+"""ALFA-Mix (Parvaneh et al., CVPR 2022) with the closed-form α, run as the authors' code runs it.
 
 For an unlabeled embedding z with predicted class y* and each class anchor z*_c (the mean labeled embedding of
-class c), α = (ε‖z*_c − z‖ / ‖∇_z ℓ‖) · ∇_z ℓ / (z*_c − z), element-wise, with ε = α_cap / √d and
+class c), α = (ε‖z*_c − z‖ / ‖∇_z ℓ‖) · ∇_z ℓ / (z*_c − z), element-wise, with ε = cap / √d and
 ℓ = CE(head(z), y*); the image is a candidate when head((1 − α)z + α z*_c) no longer predicts y* for some c.
-Candidates are clustered with k-means into B clusters and the member nearest each centre is selected; when
-there are fewer than B candidates, the rest is filled at random (hash of seed, round, id), as the authors do.
+The cap grows as in the official loop (`alpha_cap`, 2·`alpha_cap`, ... up to 1) until more than B images are
+candidates. Candidates are clustered with k-means on their L2-normalised embeddings into B clusters and the
+member nearest each centre is selected; when even the last cap gives fewer than B candidates, the rest is filled
+at random (hash of seed, round, id), as the authors do.
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ from raydm2.models import checkpoint
 
 class Settings(StrategySettings):
     name: Literal["alpha_mix"] = "alpha_mix"
-    # the cap on α
+    # the first cap on α and its step as the cap grows (the official code's `alpha_cap`)
     alpha_cap: float = Field(0.2, gt=0.0, le=1.0)
+
+
+def caps(step: float) -> list[float]:
+    """The caps the official loop tries: step, 2·step, ... until 1 (the last one may be shorter)."""
+    count = int(np.ceil(1.0 / step - 1e-9))
+    return [min(1.0, step * (k + 1)) for k in range(count)]
 
 
 def closed_form_alpha(z: np.ndarray, anchor: np.ndarray, grad: np.ndarray, eps: float) -> np.ndarray:
@@ -74,15 +82,31 @@ def _class_anchors(labeled: dict, labels: pa.Table, num_classes: int) -> np.ndar
     return class_means(labeled["z"], y, num_classes)
 
 
-def flips_batch(batch: dict, anchors: np.ndarray, weight: np.ndarray, bias: np.ndarray, alpha_cap: float) -> dict:
-    """CPU work over embedded rows: the head alone decides the flips, so no second model pass is needed."""
-    flips, _ = prediction_flips(batch["z"].astype(np.float64), weight, bias, anchors, alpha_cap)
-    return {"id": batch["id"], "z": batch["z"], "flips": flips, "confidence": batch["conf"]}
+def flips_batch(batch: dict, anchors: np.ndarray, weight: np.ndarray, bias: np.ndarray, cap_step: float) -> dict:
+    """CPU work over embedded rows: for each image, the first cap (index into `caps`) at which some anchor's mix
+    flips its prediction (inf: none does) and how many anchors flip it there. The head alone decides the flips,
+    so no second model pass is needed."""
+    z = batch["z"].astype(np.float64)
+    first = np.full(len(z), np.inf)
+    flips = np.zeros(len(z), np.int64)
+    for level, cap in enumerate(caps(cap_step)):
+        count, _ = prediction_flips(z, weight, bias, anchors, cap)
+        new = (count > 0) & np.isinf(first)
+        first[new], flips[new] = level, count[new]
+        if not np.isinf(first).any():
+            break
+    return {"id": batch["id"], "z": batch["z"], "first_cap": first, "flips": flips, "confidence": batch["conf"]}
 
 
-def alpha_mix(ids, z, flips, confidence, budget: int, seed: int, round_: int) -> pa.Table:
-    candidates = np.flatnonzero(flips > 0)
-    picks = candidates[kmeans_representatives(z[candidates], budget, seed=seed * 1009 + round_)]
+def alpha_mix(ids, z, first_cap, flips, confidence, budget: int, seed: int, round_: int) -> pa.Table:
+    """The official selection: the smallest cap with more than `budget` candidates (else all of them), k-means
+    representatives of their L2-normalised embeddings, then a random fill."""
+    levels = np.unique(first_cap[np.isfinite(first_cap)])
+    reached = next((level for level in levels if (first_cap <= level).sum() > budget), levels[-1] if len(levels)
+                   else -1)
+    candidates = np.flatnonzero(first_cap <= reached)
+    unit = z[candidates] / np.maximum(np.linalg.norm(z[candidates], axis=1, keepdims=True), 1e-12)
+    picks = candidates[kmeans_representatives(unit, budget, seed=seed * 1009 + round_)]
     if len(picks) < budget:
         rest = np.setdiff1d(np.arange(len(ids)), picks)
         fill = rest[order(uniform(ids[rest], seed, round_, PURPOSE_FILL), ids[rest])][:budget - len(picks)]
@@ -92,7 +116,8 @@ def alpha_mix(ids, z, flips, confidence, budget: int, seed: int, round_: int) ->
 
 
 def _gathered(pool: dict, budget: int, seed: int, round_: int) -> pa.Table:
-    return alpha_mix(pool["id"], pool["z"], pool["flips"], pool["confidence"], budget, seed, round_)
+    return alpha_mix(pool["id"], pool["z"], pool["first_cap"], pool["flips"], pool["confidence"], budget, seed,
+                     round_)
 
 
 @register(Settings)
@@ -105,7 +130,7 @@ def plan(engine, request):
     head = checkpoint.load(request.checkpoint, request.model).head
     scored = engine.map(unlabeled, flips_batch, anchors=anchors.astype(np.float64),
                         weight=head.weight.detach().double().numpy(), bias=head.bias.detach().double().numpy(),
-                        alpha_cap=request.settings.alpha_cap)
-    picked = engine.gather(_gathered, {"pool": (scored, ["id", "z", "flips", "confidence"])},
+                        cap_step=request.settings.alpha_cap)
+    picked = engine.gather(_gathered, {"pool": (scored, ["id", "z", "first_cap", "flips", "confidence"])},
                            budget=request.budget, seed=request.seed, round_=request.round)
     return select_picked(engine, picked, columns=("confidence",))
