@@ -55,6 +55,10 @@ def _quiet_ray() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = _verbose
     context.print_on_execution_start = _verbose
+    if not _verbose:
+        # Ray Data's tuning hints (memory-hungry operators, slow shuffles): many lines each, for Ray Data's own
+        # knobs, which raydm2 sets itself.
+        context.issue_detectors_config.detectors = []
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logger = logging.getLogger(name)
         for handler in logger.handlers:  # Ray Data's console handler is its own, at INFO

@@ -79,6 +79,7 @@ def parse_json(text: str, path: str, from_name: str = FROM_NAME) -> Parsed:
         for annotation in annotations:
             if annotation.get("was_cancelled"):
                 cancelled += 1
+                ballot.skipped = True
                 continue
             for choice in _choices(annotation.get("result", []), from_name, f"{path} task {k + 1}"):
                 ballot.add(choice, bool(annotation.get("ground_truth")))
@@ -102,6 +103,7 @@ class _Ballot:
         self.task_id = task_id
         self.votes: Counter = Counter()
         self.truth: set = set()
+        self.skipped = False  # an annotator skipped it: counted as cancelled, not as waiting for an annotation
 
     def add(self, choice: str, ground_truth: bool) -> None:
         self.votes[choice] += 1
@@ -158,7 +160,7 @@ def _resolve(votes: dict, path: str, flat: bool = False) -> Parsed:
         elif ballot.truth:
             parsed.pairs.append((raydm2_id, next(iter(ballot.truth))))
         elif not ballot.votes:
-            parsed.unannotated += 1
+            parsed.unannotated += not ballot.skipped
         else:
             (best, n), *rest = ballot.votes.most_common()
             if rest and rest[0][1] == n:

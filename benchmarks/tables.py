@@ -1,0 +1,579 @@
+"""The tables of docs/benchmarks.md, generated from the committed results.
+
+    python benchmarks/tables.py            # rewrite every table in docs/benchmarks.md in place
+    python benchmarks/tables.py --check    # exit 1, naming each table, if the docs differ from the records
+
+Each table in the doc sits between a line `<!-- table: NAME -->` and a line `<!-- /table -->`; NAME is a key of
+TABLES, whose function builds the table from benchmarks/results/*.json (and, where a table needs per-seed figures,
+the per-run records under benchmarks/results/runs/). A new table is one function here plus a marker pair there.
+
+Only the standard library: no Ray, torch or network. The protocol definitions of a protocol that has no result file
+yet, and the dataset presets (ε, model, DM2 settings), are read from the source of benchmarks/select_bench.py and
+raydm2/ledger/presets.py with `ast`, without importing either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import statistics
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+
+OPEN = re.compile(r"^<!-- table: ([A-Za-z0-9_.-]+) -->$")
+CLOSE = "<!-- /table -->"
+
+# DM2's own defaults (SPEC; raydm2/acquisition/strategies/dm2.py and knn.py), which a preset's "strategy" overrides.
+DM2_DEFAULTS = {"lam": 0.8, "k": 10, "mix": "random"}
+PARAM_LABEL = {"lam": "λ", "k": "k", "mix": "mix"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+class Results:
+    """The committed result files of one results folder, each read once."""
+
+    def __init__(self, root: str = RESULTS):
+        self.root = root
+        self._cache: dict[str, object] = {}
+
+    def _read(self, path: str):
+        if path not in self._cache:
+            with open(path) as f:
+                self._cache[path] = json.load(f)
+        return self._cache[path]
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.root, f"{name}.json"))
+
+    def json(self, name: str) -> dict:
+        """results/<name>.json"""
+        return self._read(os.path.join(self.root, f"{name}.json"))
+
+    def record(self, folder: str, strategy: str, seed: int) -> dict:
+        """results/runs/<folder>/<strategy>-seed<seed>.json: one finished (strategy, seed) run."""
+        return self._read(os.path.join(self.root, "runs", folder, f"{strategy}-seed{seed}.json"))
+
+    def has_records(self, folder: str) -> bool:
+        return os.path.isdir(os.path.join(self.root, "runs", folder))
+
+
+def _source_tree(relpath: str) -> ast.Module:
+    with open(os.path.join(ROOT, relpath)) as f:
+        return ast.parse(f.read(), relpath)
+
+
+def _evaluate(node: ast.AST):
+    """A literal, or a literal arithmetic expression such as 2 / 255."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Div, ast.Mult, ast.Add, ast.Sub)):
+        a, b = _evaluate(node.left), _evaluate(node.right)
+        return {ast.Div: a / b, ast.Mult: a * b, ast.Add: a + b, ast.Sub: a - b}[type(node.op)]
+    return ast.literal_eval(node)
+
+
+def _assigned(tree: ast.Module, name: str) -> ast.AST:
+    for node in tree.body:
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return node.value
+    raise KeyError(f"no top-level assignment to {name}")
+
+
+def _dict_get(node: ast.AST, *keys: str) -> ast.AST | None:
+    for key in keys:
+        if not isinstance(node, ast.Dict):
+            return None
+        match = [v for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant) and k.value == key]
+        if not match:
+            return None
+        node = match[0]
+    return node
+
+
+def preset(name: str) -> dict:
+    """The parts of raydm2.ledger.presets.PRESETS[name] a table shows: model arch, ε, DM2's settings."""
+    node = _dict_get(_assigned(_source_tree("raydm2/ledger/presets.py"), "PRESETS"), name)
+    if node is None:
+        raise KeyError(f"no preset {name!r} in raydm2/ledger/presets.py")
+    arch, eps, strategy = (_dict_get(node, *keys) for keys in (("model", "arch"), ("train", "epsilon"), ("strategy",)))
+    return {"arch": _evaluate(arch) if arch else None, "epsilon": _evaluate(eps) if eps else None,
+            "strategy": _evaluate(strategy) if strategy else {}}
+
+
+def dm2_settings(protocol_preset: str) -> dict:
+    """λ, k and mix DM2 runs with under a preset."""
+    s = preset(protocol_preset)["strategy"]
+    return {"lam": s.get("lam", DM2_DEFAULTS["lam"]), "k": s.get("knn", {}).get("k", DM2_DEFAULTS["k"]),
+            "mix": s.get("mix", DM2_DEFAULTS["mix"])}
+
+
+def protocol(res: Results, name: str) -> dict:
+    """A protocol as its result file recorded it (settings, pool sizes, seeds); a protocol that was never run
+    (no select_<name>.json) as benchmarks/select_bench.py defines it, with its default seeds."""
+    if res.exists(f"select_{name}"):
+        d = res.json(f"select_{name}")
+        return {**d["settings"], "pool_subset": d["pool_subset"], "test_subset": d["test_subset"],
+                "seeds": len(d["seeds"])}
+    tree = _source_tree("benchmarks/select_bench.py")
+    defined = _dict_get(_assigned(tree, "PROTOCOLS"), name)
+    if defined is None:
+        raise KeyError(f"no protocol {name!r} in benchmarks/select_bench.py")
+    seeds = [_evaluate(kw.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "--seeds"
+             for kw in node.keywords if kw.arg == "default"]
+    return {**_evaluate(defined), "pool_subset": _evaluate(_assigned(tree, "SUBSET")),
+            "test_subset": _evaluate(_assigned(tree, "TEST_SUBSET")), "seeds": len(seeds[0])}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def table(header: list[str], align: str, rows: list[list[str]]) -> str:
+    """A Markdown table; align is one letter per column, l or r."""
+    assert len(header) == len(align) and all(len(r) == len(header) for r in rows), (header, rows)
+
+    def line(cells):
+        return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def bold(text: str) -> str:
+    return f"**{text}**"
+
+
+def f1(x: float) -> str:
+    return f"{x:,.1f}"
+
+
+def pm(stat: dict, digits: int = 4) -> str:
+    """mean ± std of a {'mean', 'std'} summary."""
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def mean_std(values: list[float]) -> dict:
+    """The summaries' convention: mean and sample standard deviation (ddof 1)."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def stages(t: dict, sep: str = " / ") -> str:
+    """embed / index / search / mix+score seconds of a per-stage timing."""
+    return sep.join(f1(t[k]) for k in ("embed_s", "index_s", "search_s", "mix_score_s"))
+
+
+def short_float(x: float) -> str:
+    """1e-3, 5e-4 (small values in exponent form, as the protocol definitions write them), 0.05, 0.1."""
+    if x < 0.01:
+        mantissa, exponent = f"{x:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{x:g}"
+
+
+def epsilon(x: float) -> str:
+    """ε as n/255."""
+    n = round(x * 255)
+    assert abs(n / 255 - x) < 1e-12, x
+    return f"{n}/255"
+
+
+def setting_label(param: str, value) -> str:
+    return f"{PARAM_LABEL[param]} = {value}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Acquisition, training and scale
+
+
+def acquire_knn(res: Results) -> str:
+    d = res.json("acquire_knn")
+    rows = []
+    for s in d["sweep"]:
+        cells = [str(s["nprobe"]), f"{s['recall_at_10']:.3f}", f"{s['speedup']:.0f}×"]
+        rows.append([bold(c) for c in cells] if s["nprobe"] == d["chosen"]["nprobe"] else cells)
+    return table(["nprobe", "recall@10", "speed-up"], "rrr", rows)
+
+
+FLOOR_MODELS = {"small_cnn": "small CNN", "resnet18": "resnet18 (CIFAR stem)"}
+
+
+def acquire_floor(res: Results) -> str:
+    rows = []
+    for arch, label in FLOOR_MODELS.items():
+        d = res.json(f"acquire_floor_{arch}")
+        rows.append([label, f"{d['one_pass_s']:.1f} s", f"{d['floor_s']:.1f} s", f"{d['acquire_total_s']:.1f} s",
+                     f"{d['floor_ratio']:#.3g}", stages(d["timings"])])
+    return table(["model", "one pass", "floor", "acquisition", "ratio", "embed / index / search / mix+score (s)"],
+                 "lrrrrl", rows)
+
+
+STARTUP_READERS = {"v2": "V2 (Ray 2.60's default)", "v1": "V1 (what `runtime.connect` selects)"}
+
+
+def acquire_startup(res: Results) -> str:
+    d = res.json("acquire_startup")
+    rows = [[label, f"{d[f'{reader}_median_total_s']:.1f} s", ", ".join(stages(r, "/") for r in d["runs"][reader])]
+            for reader, label in STARTUP_READERS.items()]
+    return table(["Parquet reader", "median total", "embed / index / search / mix+score (s), each run"], "lrl", rows)
+
+
+TRAIN_RUNS = {"at_1w": "DM2-AT, 1 worker", "plain_1w": "plain, 1 worker", "at_2w": "DM2-AT, 2 workers (DDP, gloo)"}
+
+
+def train(res: Results) -> str:
+    d = res.json("train")
+    rows = [[label, f"{r['clean_accuracy']:.4f}", f"{r['robust_accuracy']:.4f}", f"{r['images_per_s']:,.0f}"]
+            for key, label in TRAIN_RUNS.items() for r in [d["runs"][key]]]
+    return table(["training", "clean accuracy", "FGSM-robust accuracy", "images/s per worker"], "lrrr", rows)
+
+
+def acquire_scale(res: Results) -> str:
+    rows = []
+    for r in res.json("acquire_scale")["runs"]:
+        n = r["images"]
+        power = len(str(n)) - 1
+        size = f"10^{power}" if 10 ** power == n else f"{n:,}"
+        ix = r["index"]
+        index = "exact" if ix["kind"] == "exact" else f"IVF nlist {ix['nlist']:,}, nprobe {ix['nprobe']:,}"
+        rows.append([size, f"{r['total_s']:,.0f} s", f"{r['s_per_image'] * 1000:.1f} ms",
+                     f"{r['driver_peak_rss_mib']:,.0f} MiB ({r['driver_rss_before_mib']:,.0f})", stages(r["timings"]),
+                     index])
+    return table(["images", "total", "per image", "driver peak RSS (before)", "embed / index / search / mix+score (s)",
+                  "index"], "rrrrll", rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Selection protocols
+
+
+# Words only: every figure in the protocol table comes from the protocol's result file (or, for a protocol never
+# run, its definition in select_bench.py) and the preset. A cell written "same..." is checked against the row above.
+PROTOCOL_ROWS = {
+    "mnist": {
+        "name": "`mnist` (NoiseStability's)",
+        "pool": "seeded {pool_subset:,}-image subset of MNIST train; seeded {test_subset:,}-image subset of test",
+        "model": "{arch}, {optimizer} {lr}, batch {batch_size}, {epochs} epochs per round, DM2-AT ε = {epsilon}",
+        "plan": "{initial:,} (resampled until every class appears), +{per_round:,}, {rounds}, {seeds}",
+    },
+    "fashion_mnist": {
+        "name": "`fashion_mnist`",
+        "pool": "same, Fashion-MNIST",
+        "model": "same",
+        "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
+    },
+    "cifar10_cpu": {
+        "name": "`cifar10_cpu` (CPU-sized)",
+        "pool": "the shared CIFAR-10 subset: {pool_subset:,} train, {test_subset:,} test",
+        "model": "{arch}, {optimizer} {lr}, wd {weight_decay}, batch {batch_size}, {epochs} epochs per round, "
+                 "ε = {epsilon}",
+        "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
+    },
+    "cifar10_gpu": {
+        "name": "`cifar10_gpu` (the paper's; documented, not run here)",
+        "pool": "same",
+        "model": "{arch}, {optimizer} {lr}, wd {weight_decay}, batch {batch_size}, {epochs} epochs{use_gpu}",
+        "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
+    },
+}
+ARCHS = {"small_cnn": "small CNN", "resnet18": "ResNet-18",
+         "resnet8": "ResNet-8 (He et al.'s CIFAR ResNet, 16/32/64 channels, 78k parameters)"}
+OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}
+PROTOCOL_FIELDS = {"pool": ("dataset", "pool_subset", "test_subset"),
+                   "model": ("arch", "optimizer", "lr", "weight_decay", "batch_size", "epochs", "epsilon", "use_gpu")}
+
+
+def _protocol_fields(res: Results, name: str) -> dict:
+    p = protocol(res, name)
+    train = p["settings"].get("train", {})
+    pre = preset(p["preset"])
+    arch = p["settings"].get("model", {}).get("arch", pre["arch"])
+    return {"dataset": p["dataset"], "pool_subset": p["pool_subset"], "test_subset": p["test_subset"],
+            "arch": ARCHS[arch], "optimizer": OPTIMIZERS[train["optimizer"]], "lr": short_float(train["lr"]),
+            "weight_decay": short_float(train["weight_decay"]) if "weight_decay" in train else None,
+            "batch_size": train["batch_size"], "epochs": train["epochs"], "epsilon": epsilon(pre["epsilon"]),
+            "use_gpu": ", `use_gpu`" if train.get("use_gpu") else "",
+            "initial": p["initial"], "per_round": p["per_round"], "rounds": p["rounds"], "seeds": p["seeds"]}
+
+
+def select_protocols(res: Results) -> str:
+    rows, above = [], None
+    for name, words in PROTOCOL_ROWS.items():
+        fields = _protocol_fields(res, name)
+        cells = [words["name"]]
+        for column in ("pool", "model", "plan"):
+            template = words[column]
+            if template.startswith("same"):
+                same = PROTOCOL_FIELDS[column] if template == "same" else tuple(
+                    f for f in PROTOCOL_FIELDS[column] if f != "dataset")
+                differ = [f for f in same if above is None or fields[f] != above[f]]
+                if differ:
+                    raise ValueError(f"protocol table: {name}'s {column} is written 'same' but differs in {differ}")
+            cells.append(template.format(**fields))
+        rows.append(cells)
+        above = fields
+    return table(["protocol", "pool", "model, training", "initial, per round, rounds, seeds"], "llll", rows)
+
+
+# Words a cell carries beyond its figure: (protocol, strategy) -> note on the acquisition seconds.
+ACQUIRE_NOTES = {("cifar10_cpu", "noise_stability"): "three processes"}
+
+
+def _dm2_label(settings: dict) -> str:
+    return f"(λ {settings['lam']}, k {settings['k']}, mix {settings['mix']})"
+
+
+def _per_seed(res: Results, folder: str, strategy: str, seeds: list[int]) -> list[float]:
+    return [res.record(folder, strategy, s)["aubc"] for s in seeds]
+
+
+def _earlier(res: Results, name: str, strategy: str, current_dm2: dict) -> str:
+    """AUBC of the unrecorded table a protocol's table replaces (results/<...>_before_records.json). DM2's cell
+    also gives the unrecorded sweep's figure at today's λ when the earlier table ran DM2 at another λ."""
+    pattern = re.compile(rf"select_{re.escape(name)}(_rounds\d+)?(_seeds\d+)?(_subset)?(_partial)?"
+                         r"_before_records\.json")
+    before = [f[:-5] for f in sorted(os.listdir(res.root)) if pattern.fullmatch(f)]
+    if not before:
+        return ""
+    assert len(before) == 1, before
+    aubc = res.json(before[0])["aubc"]
+    if strategy not in aubc:
+        return ""
+    value = aubc[strategy]["mean"]
+    sweep = f"ablation_{name}_subset_partial_before_records"
+    if strategy != "dm2" or not res.exists(sweep):
+        return f"{value:.4f}"
+    lams = {r["value"]: r["aubc"]["mean"] for r in res.json(sweep)["rows"] if r["param"] == "lam"}
+    then = [lam for lam, v in lams.items() if v == value]  # the λ the earlier table's DM2 ran at
+    now = current_dm2["lam"]
+    if len(then) != 1 or then[0] == now or now not in lams:
+        return f"{value:.4f}"
+    return f"{lams[now]:.4f} (λ {now}), {value:.4f} (λ {then[0]})"
+
+
+def select_table(res: Results, name: str) -> str:
+    """One protocol's strategies, best AUBC first: results/select_<name>.json, per-seed AUBC from the records in
+    results/runs/<name>-<engine>/, and the earlier table's AUBC from results/select_<name>*_before_records.json."""
+    d = res.json(f"select_{name}")
+    s = d["settings"]
+    folder = f"{name}-{d['engine']}"
+    dm2 = dm2_settings(s["preset"])
+    labels = s["initial"] + s["per_round"] * s["rounds"]
+    order = sorted(d["summary"], key=lambda k: -d["summary"][k]["aubc"]["mean"])
+    rows = []
+    for strategy in order:
+        m = d["summary"][strategy]
+        acquire = f1(m["acquire_s_per_round"]["mean"])
+        if (name, strategy) in ACQUIRE_NOTES:
+            acquire += f" ({ACQUIRE_NOTES[name, strategy]})"
+        rows.append([f"{bold('dm2')} {_dm2_label(dm2)}" if strategy == "dm2" else strategy, pm(m["aubc"]),
+                     pm(m["robust_aubc"]), pm(m["final_accuracy"]), pm(m["final_robust_accuracy"]),
+                     ", ".join(f"{x:.3f}" for x in _per_seed(res, folder, strategy, d["seeds"])), acquire,
+                     _earlier(res, name, strategy, dm2)])
+    return table(["strategy", "AUBC", "robust AUBC", f"final accuracy ({labels:,} labels)", "final robust", "per seed",
+                  "acquire s/round", "earlier table"], "llllllll", rows)
+
+
+def _preset_setting(res: Results, name: str, rows: list[dict]) -> dict:
+    """The sweep's starting point: for each parameter, the value with no records folder of its own (the protocol's
+    own DM2 runs stand for it). Checked against the preset the protocol names."""
+    folder = f"ablation-{name}-{res.json(f'ablation_{name}')['engine']}"
+    start = {}
+    for r in rows:
+        if not res.has_records(f"{folder}/{r['param']}={r['value']}"):
+            assert r["param"] not in start, (name, r)
+            start[r["param"]] = r["value"]
+    named = dm2_settings(res.json(f"select_{name}")["settings"]["preset"])
+    if start != named:
+        raise ValueError(f"ablation_{name}: the records' starting point {start} is not the preset's {named}")
+    return start
+
+
+def ablation_table(res: Results, name: str, robust: bool) -> str:
+    """DM2 one setting at a time from the preset: results/ablation_<name>.json, robust AUBC, per-seed AUBC and the
+    first round's accuracy from the records (results/runs/ablation-<name>-<engine>/<setting>/, the preset's in
+    results/runs/<name>-<engine>/), and random from results/select_<name>.json for reference."""
+    d = res.json(f"ablation_{name}")
+    sel = res.json(f"select_{name}")
+    s = sel["settings"]
+    seeds = d["seeds"]
+    assert d["rounds"] == s["rounds"] and seeds == sel["seeds"], name
+    labels, first = s["initial"] + s["per_round"] * s["rounds"], s["initial"] + s["per_round"]
+    start = _preset_setting(res, name, d["rows"])
+
+    def at_first(recs):
+        return statistics.fmean(next(r["clean_accuracy"] for r in rec["rounds"] if r["labels"] == first)
+                                for rec in recs)
+
+    def row(label, aubc, final, recs, first_mean, robust_stat=None):
+        return [label, aubc, *([pm(robust_stat or mean_std([r["robust_aubc"] for r in recs]))] if robust else []),
+                pm(final), ", ".join(f"{r['aubc']:.3f}" for r in recs), f"{first_mean:.3f}"]
+
+    own = f"{name}-{sel['engine']}"
+    preset_recs = [res.record(own, "dm2", seed) for seed in seeds]
+    preset_row = next(r for r in d["rows"] if r["param"] == "lam" and r["value"] == start["lam"])
+    label = ", ".join(setting_label(p, v) for p, v in start.items()) + " (the preset)"
+    out = [row(bold(label), bold(pm(preset_row["aubc"])), preset_row["final_accuracy"], preset_recs,
+               at_first(preset_recs))]
+    sweep = f"ablation-{name}-{d['engine']}"
+    for r in d["rows"]:
+        if r["value"] == start[r["param"]]:
+            continue
+        recs = [res.record(f"{sweep}/{r['param']}={r['value']}", "dm2", seed) for seed in seeds]
+        assert abs(mean_std([x["aubc"] for x in recs])["mean"] - r["aubc"]["mean"]) < 1e-9, (name, r)
+        label = setting_label(r["param"], r["value"])
+        if r["value"] == DM2_DEFAULTS[r["param"]]:
+            label += " (SPEC's default)"
+        out.append(row(label, pm(r["aubc"]), r["final_accuracy"], recs, at_first(recs)))
+    rnd = sel["summary"]["random"]
+    random_recs = [res.record(own, "random", seed) for seed in seeds]
+    out.append(row("(random)", pm(rnd["aubc"]), rnd["final_accuracy"], random_recs,
+                   next(c["accuracy"]["mean"] for c in rnd["curve"] if c["labels"] == first), rnd["robust_aubc"]))
+    header = ["setting", "AUBC", *(["robust AUBC"] if robust else []), f"final accuracy ({labels:,} labels)",
+              "per seed", f"accuracy at {first:,} labels, mean"]
+    return table(header, "l" * len(header), out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry and the doc
+
+
+def real_pools(res: Results) -> str:
+    r = res.json("real_pools")
+    t = r["timings_s"]
+    s = r["single_process_sample"]
+    return table(["images (candidates)", "embed", "mix + score", "embed / index / search / mix+score (s)",
+                  "acquisition", "decode share (one process)"], "rrrlrr",
+                 [[f"{r['images']:,} ({r['candidates']:,})", f"{r['embed_images_per_s']:.1f} images/s",
+                   f"{r['mix_score_images_per_s']:.1f} images/s", stages(t), f"{r['acquire_total_s']:.1f} s",
+                   f"{100 * r['single_process_decode_share']:.1f} % ({s['decode_s']:.2f} s of "
+                   f"{s['decode_s'] + s['forward_s']:.2f} s, {s['images']} images)"]])
+
+
+def real_pools_pretrained(res: Results) -> str:
+    r = res.json("real_pools_pretrained")["results"]
+    names = [n for n in r["scratch"] if n != "ranking"]
+    rows = []
+    for name in sorted(names, key=lambda n: -r["pretrained"][n]["aubc"]["mean"]):
+        rows.append([name] + [f"{pm(r[start][name]['aubc'])} (#{r[start]['ranking'].index(name) + 1})"
+                              for start in ("scratch", "pretrained")]
+                    + [pm(r[start][name]["final_accuracy"]) for start in ("scratch", "pretrained")])
+    return table(["strategy", "AUBC from scratch (rank)", "AUBC pretrained (rank)", "final accuracy, scratch",
+                  "final accuracy, pretrained"], "lrrrr", rows)
+
+
+def labelstudio_roundtrip(res: Results) -> str:
+    r = res.json("labelstudio_roundtrip")
+    rows = [[fmt.replace("_", "-"), f"{v['bytes']:,}", f"{v['labels']} of {v['expected']}",
+             "yes" if v["all_right"] else "**no**"] for fmt, v in r["imports"].items()]
+    return table(["export format", "bytes", "labels imported", "every label right"], "lrrl", rows)
+
+
+TABLES = {
+    "acquire_knn": acquire_knn,
+    "acquire_floor": acquire_floor,
+    "acquire_startup": acquire_startup,
+    "train": train,
+    "select_protocols": select_protocols,
+    "select_mnist": lambda res: select_table(res, "mnist"),
+    "select_fashion_mnist": lambda res: select_table(res, "fashion_mnist"),
+    "select_cifar10_cpu": lambda res: select_table(res, "cifar10_cpu"),
+    "ablation_mnist": lambda res: ablation_table(res, "mnist", robust=True),
+    "ablation_fashion_mnist": lambda res: ablation_table(res, "fashion_mnist", robust=False),
+    "acquire_scale": acquire_scale,
+    "real_pools": real_pools,
+    "real_pools_pretrained": real_pools_pretrained,
+    "labelstudio_roundtrip": labelstudio_roundtrip,
+}
+
+
+def _regions(lines: list[str]) -> list[tuple[str, int, int]]:
+    """(name, first line after the opening marker, index of the closing marker) for every marker pair."""
+    out, i = [], 0
+    while i < len(lines):
+        m = OPEN.match(lines[i].strip())
+        if m:
+            j = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == CLOSE or OPEN.match(lines[j].strip())),
+                     None)
+            if j is None or lines[j].strip() != CLOSE:
+                raise ValueError(f"table {m.group(1)!r}: opening marker on line {i + 1} has no {CLOSE}")
+            out.append((m.group(1), i + 1, j))
+            i = j
+        elif lines[i].strip() == CLOSE:
+            raise ValueError(f"{CLOSE} on line {i + 1} without an opening marker")
+        i += 1
+    return out
+
+
+def render(text: str, results: str = RESULTS) -> tuple[str, list[str]]:
+    """(the doc with every marked table regenerated, names of the tables that changed). Unknown table names and
+    registered tables without markers raise."""
+    res = Results(results)
+    lines = text.split("\n")
+    regions = _regions(lines)
+    names = [n for n, _, _ in regions]
+    unknown = [n for n in names if n not in TABLES]
+    missing = [n for n in TABLES if n not in names]
+    if unknown or missing:
+        raise ValueError(f"unknown table markers: {unknown}; registered tables without markers: {missing}")
+    changed = []
+    for name, start, end in reversed(regions):
+        new = TABLES[name](res).split("\n") + [""]  # a blank line ends the table before the closing marker
+        old = lines[start:end]
+        if [line.rstrip() for line in old] != new:
+            changed.append(name)
+        lines[start:end] = new
+    return "\n".join(lines), sorted(changed, key=names.index)
+
+
+def check(doc: str = DOC, results: str = RESULTS) -> list[str]:
+    """Names of the tables in `doc` that differ from what the results give (empty: up to date)."""
+    with open(doc) as f:
+        return render(f.read(), results)[1]
+
+
+def write(doc: str = DOC, results: str = RESULTS) -> list[str]:
+    with open(doc) as f:
+        text, changed = render(f.read(), results)
+    if changed:
+        with open(doc, "w") as f:
+            f.write(text)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="exit 1 if a table differs from the results; change nothing")
+    p.add_argument("--doc", default=DOC, help="the Markdown file (default: %(default)s)")
+    p.add_argument("--results", default=RESULTS, help="the results folder (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, KeyError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    if args.check:
+        changed = check(args.doc, args.results)
+        for name in changed:
+            print(f"{os.path.relpath(args.doc)}: table {name!r} differs from the results; "
+                  f"run python benchmarks/tables.py")
+        return 1 if changed else 0
+    changed = write(args.doc, args.results)
+    print(f"rewrote {len(changed)} table(s): {', '.join(changed)}" if changed else "every table is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

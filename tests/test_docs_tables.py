@@ -1,0 +1,64 @@
+"""docs/benchmarks.md's tables are what benchmarks/tables.py makes of the committed results (no Ray, no torch)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+
+
+@pytest.fixture(scope="module")
+def tables():
+    spec = importlib.util.spec_from_file_location("benchmark_tables", os.path.join(ROOT, "benchmarks", "tables.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_tables_match_the_committed_results(tables):
+    changed = tables.check(DOC)
+    assert changed == [], f"docs/benchmarks.md is out of date in {changed}: run python benchmarks/tables.py"
+
+
+def test_every_registered_table_is_in_the_doc(tables):
+    with open(DOC) as f:
+        text = f.read()
+    for name in tables.TABLES:
+        assert f"<!-- table: {name} -->" in text
+
+
+def test_check_names_the_table_with_a_changed_figure(tables, tmp_path):
+    with open(DOC) as f:
+        text = f.read()
+    # One figure of the MNIST ablation: the preset's robust AUBC.
+    row = "| **λ = 0.5, k = 10, mix = random (the preset)** | **0.8308 ± 0.0150** | 0.8143 ± 0.0147 |"
+    assert text.count(row) == 1
+    copy = tmp_path / "benchmarks.md"
+    copy.write_text(text.replace(row, row.replace("0.8143", "0.8144")))
+
+    assert tables.check(str(copy)) == ["ablation_mnist"]
+    assert tables.main(["--check", "--doc", str(copy)]) == 1
+    # Writing restores the generated table, and then the copy checks clean and equals the doc.
+    assert tables.write(str(copy)) == ["ablation_mnist"]
+    assert tables.check(str(copy)) == []
+    assert copy.read_text() == text
+
+
+def test_unknown_or_unclosed_markers_are_errors(tables, tmp_path):
+    with open(DOC) as f:
+        text = f.read()
+    copy = tmp_path / "benchmarks.md"
+    copy.write_text(text.replace("<!-- table: train -->", "<!-- table: no_such_table -->"))
+    with pytest.raises(ValueError, match="no_such_table"):
+        tables.check(str(copy))
+    assert tables.main(["--check", "--doc", str(copy)]) == 1
+
+    opened = text.index("<!-- table: train -->")
+    closed = text.index("<!-- /table -->", opened)
+    copy.write_text(text[:closed] + text[closed + len("<!-- /table -->"):])
+    with pytest.raises(ValueError, match="train"):
+        tables.check(str(copy))
