@@ -2,6 +2,7 @@
 
     python benchmarks/real_pools_bench.py throughput --data-root ../shared/data    # -> results/real_pools.json
     python benchmarks/real_pools_bench.py pretrained --data-root ../shared/data    # -> results/real_pools_pretrained.json
+    python benchmarks/real_pools_bench.py cold_start --data-root ../shared/data    # -> results/cold_start.json
 
 throughput: 2,000 JPEGs of mixed sizes (CIFAR-10 images resized to 240-640 px, a tenth grey) as an image folder,
 acquired at 224x224 by `torchvision/resnet18` with DM2 through the Ray engine: images/s for embedding and for
@@ -11,6 +12,10 @@ pretrained: does a pretrained backbone change which strategy wins? The pool is M
 images of train, tested on t10k's 0-4); the backbone is the small CNN trained here on 10,000 images of the other
 digits, 5-9 (disjoint classes: no test image's class was seen), loaded by `model.weights`. random, margin, badge
 and dm2 run from scratch and from that backbone, 3 seeds each, with the local engine.
+
+cold_start: the same two starts and seeds, round 0 chosen by TypiClust on the initial model's features
+(`raydm2 seed --strategy typiclust`) against the random, class-covering round 0 of `pretrained` (whose records it
+resumes): first-round accuracy and AUBC of random, margin and dm2 afterwards.
 """
 
 from __future__ import annotations
@@ -136,11 +141,8 @@ def _pretrain(x, y, path: str) -> str:
     return os.path.join(path, checkpoint.WEIGHTS)
 
 
-def pretrained(args) -> None:
+def _setup(args) -> tuple[str, dict, str]:
     from raydm2.data import pool
-    from raydm2.ledger.config import merge_settings, validate_config
-    from raydm2.ledger.presets import PRESETS
-    from raydm2.service.simulate import SimulationPlan, simulate
 
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
@@ -153,18 +155,50 @@ def pretrained(args) -> None:
     weights = os.path.join(work, "backbone_5to9", "model.pt")
     if not os.path.exists(weights):
         _pretrain(*_digits(args.data_root, "train", range(5, 10), 10000, seed=2), os.path.dirname(weights))
+    return work, pools, weights
+
+
+def _simulate(work: str, pools: dict, model: dict, start: str, strategies, seeding: str = "random") -> dict:
+    from raydm2.ledger.config import merge_settings, validate_config
+    from raydm2.ledger.presets import PRESETS
+    from raydm2.service.simulate import SimulationPlan, simulate
+
+    data = merge_settings(PRESETS["mnist"], {"name": f"pre-{start}", "pool": pools["pool"],
+                                             "test_pool": pools["test"], "classes": [str(i) for i in range(5)],
+                                             "model": {"arch": "small_cnn", **model}})
+    plan = SimulationPlan(base=validate_config(data), strategies=tuple(strategies), seeds=(0, 1, 2), initial=10,
+                          per_round=10, rounds=8, engine="local", seed_strategy=seeding)
+    folder = f"sim-{start}" if seeding == "random" else f"sim-{start}-{seeding}"
+    return simulate(plan, os.path.join(work, folder), title=f"MNIST 0-4 from {start}, {seeding} round 0",
+                    records=os.path.join(work, f"sim-{start}", "records") if seeding == "random" else None)
+
+
+def cold_start(args) -> None:
+    work, pools, weights = _setup(args)
+    out = {"command": "python benchmarks/real_pools_bench.py cold_start --data-root ../shared/data",
+           "pool": "MNIST train digits 0-4, 5,000 seeded images; test: t10k digits 0-4",
+           "backbone": "small_cnn supervised on 10,000 MNIST train images of digits 5-9, 3 epochs",
+           "initial": 10, "per_round": 10, "rounds": 8, "seeds": [0, 1, 2], "engine": "local", "results": {}}
+    for start, model in (("scratch", {}), ("pretrained", {"weights": weights})):
+        for seeding in ("random", "typiclust"):
+            report = _simulate(work, pools, model, start, ("random", "margin", "dm2"), seeding)
+            out["results"].setdefault(start, {})[seeding] = {
+                name: {"first_round_accuracy": {"mean": float(np.mean(first)), "std": float(np.std(first, ddof=1))},
+                       "aubc": s["aubc"]}
+                for name, s in report["summary"].items()
+                for first in [[r["rounds"][0]["clean_accuracy"] for r in report["runs"] if r["strategy"] == name]]}
+    save("cold_start", out)
+
+
+def pretrained(args) -> None:
+    work, pools, weights = _setup(args)
     strategies = ("random", "margin", "badge", "dm2")
     out = {"command": "python benchmarks/real_pools_bench.py pretrained --data-root ../shared/data",
            "pool": "MNIST train digits 0-4, 5,000 seeded images; test: t10k digits 0-4",
            "backbone": "small_cnn supervised on 10,000 MNIST train images of digits 5-9, 3 epochs",
            "initial": 10, "per_round": 10, "rounds": 8, "seeds": [0, 1, 2], "engine": "local", "results": {}}
     for start, model in (("scratch", {}), ("pretrained", {"weights": weights})):
-        data = merge_settings(PRESETS["mnist"], {"name": f"pre-{start}", "pool": pools["pool"],
-                                                 "test_pool": pools["test"], "classes": [str(i) for i in range(5)],
-                                                 "model": {"arch": "small_cnn", **model}})
-        plan = SimulationPlan(base=validate_config(data), strategies=strategies, seeds=(0, 1, 2), initial=10,
-                              per_round=10, rounds=8, engine="local")
-        report = simulate(plan, os.path.join(work, f"sim-{start}"), title=f"MNIST 0-4 from {start}")
+        report = _simulate(work, pools, model, start, strategies)
         out["results"][start] = {name: {"aubc": s["aubc"], "final_accuracy": s["final_accuracy"]}
                                  for name, s in report["summary"].items()}
         out["results"][start]["ranking"] = sorted(strategies, key=lambda n: -report["summary"][n]["aubc"]["mean"])
@@ -174,7 +208,7 @@ def pretrained(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name in ("throughput", "pretrained"):
+    for name in ("throughput", "pretrained", "cold_start"):
         p = sub.add_parser(name)
         p.add_argument("--data-root", required=True)
         p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "raydm2-real-pools"))
@@ -182,7 +216,7 @@ def main() -> None:
             p.add_argument("--images", type=int, default=2000)
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    {"throughput": throughput, "pretrained": pretrained}[args.what](args)
+    {"throughput": throughput, "pretrained": pretrained, "cold_start": cold_start}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,18 @@ def test_cli_simulate_keeps_records_where_told_and_resumes_from_them(sample_pool
     assert main([*argv[:2], str(tmp_path / "sim-again"), *argv[3:]]) == 0
     assert os.path.getmtime(records / "random-seed0.json") == stamp
     assert not os.path.exists(tmp_path / "sim-again" / "runs")
+
+
+def test_a_typiclust_round_0_is_its_own_setting(sample_pools, tmp_path):
+    """Round 0 by TypiClust (what `raydm2 seed --strategy typiclust` picks) is a different run from the random,
+    class-covering round 0: its own records key, and the record says how round 0 was chosen."""
+    base = validate_config({**PRESETS["mnist"], "name": "sim", "pool": sample_pools["mnist_train"],
+                            "test_pool": sample_pools["mnist_test"], "classes": CLASSES,
+                            "train": {"epochs": 1, "batch_size": 32}})
+    plans = [SimulationPlan(base=base, strategies=("random",), seeds=(0,), initial=20, per_round=10, rounds=1,
+                            engine="local", seed_strategy=s) for s in ("random", "typiclust")]
+    reports = [simulate(plan, str(tmp_path / plan.seed_strategy), title="t") for plan in plans]
+    runs = [r["runs"][0] for r in reports]
+    assert [r["seed_strategy"] for r in runs] == ["random", "typiclust"]
+    assert runs[0]["settings"] != runs[1]["settings"] and runs[1]["settings"].endswith("/seed-typiclust")
+    assert [x["labels"] for x in runs[1]["rounds"]] == [20, 30]

@@ -35,7 +35,8 @@ def test_the_config_takes_exactly_the_registered_strategies_with_their_own_setti
         ProjectConfig(name="t", pool="p", classes=CLASSES, strategy={"name": "margin", "lam": 0.5})
     # ... and switching strategies drops the old one's settings, keeping the budget.
     dm2 = ProjectConfig(name="t", pool="p", classes=CLASSES, strategy={"budget": 7, "lam": 0.5})
-    assert dm2.with_overrides({"strategy.name": "margin"}).strategy.model_dump() == {"name": "margin", "budget": 7}
+    assert dm2.with_overrides({"strategy.name": "margin"}).strategy.model_dump() == {"name": "margin", "budget": 7,
+                                                                                  "candidates": None}
 
 
 def test_probability_heuristics_rank_the_known_ambiguous_points():

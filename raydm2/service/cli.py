@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", nargs="+", default=["random", "dm2"], choices=strategies.names())
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--initial", type=int, default=20, help="initial labels (resampled until all classes appear)")
+    p.add_argument("--seed-strategy", choices=["random", "typiclust"], default="random",
+                   help="how the initial labels are chosen (typiclust: as `raydm2 seed --strategy typiclust`)")
     p.add_argument("--per-round", type=int, default=20)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--title")

@@ -270,7 +270,8 @@ def cmd_simulate(args) -> None:
         if value <= 0:
             raise RayDM2Error(f"{name} must be positive, got {value}")
     plan = SimulationPlan(base=base, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
-                          initial=args.initial, per_round=args.per_round, rounds=args.rounds, engine=args.engine)
+                          initial=args.initial, per_round=args.per_round, rounds=args.rounds, engine=args.engine,
+                          seed_strategy=args.seed_strategy)
     if args.engine == "ray":
         connect()
     report = simulate(plan, args.out, title=args.title or f"{base.pool} ({', '.join(plan.strategies)})",

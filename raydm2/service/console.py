@@ -11,6 +11,7 @@ import atexit
 import json
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -54,6 +55,9 @@ def _filter_native_stderr() -> None:
     os.dup2(write_end, 2)
 
     def pump() -> None:
+        # Ctrl-C must reach the main thread: a signal the kernel hands to this thread would leave a main thread
+        # that waits on a lock (Ray Data's executor does) waiting, never raising KeyboardInterrupt.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         pending = b""
         with os.fdopen(read_end, "rb", buffering=0) as source:
             while chunk := source.read(65536):

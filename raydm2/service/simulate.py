@@ -52,6 +52,9 @@ class SimulationPlan:
     per_round: int
     rounds: int
     engine: Literal["ray", "local"] = "ray"
+    # How round 0 is chosen: at random (resampled until every class is in it, as NoiseStability's protocol does),
+    # or by TypiClust on the initial model's features (`raydm2 seed --strategy typiclust`).
+    seed_strategy: Literal["random", "typiclust"] = "random"
 
 
 def aubc(labels_count: list[int], accuracy: list[float]) -> float:
@@ -82,7 +85,8 @@ def settings_key(plan: SimulationPlan, config: ProjectConfig, data: "PoolArrays"
     the digest of their decoded content, and the plan's round shape."""
     settings = {**config.model_dump(mode="json"), "pool": data.digest, "test_pool": None}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}"
+    seeding = "" if plan.seed_strategy == "random" else f"/seed-{plan.seed_strategy}"
+    return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}{seeding}"
 
 
 def environment() -> str:
@@ -118,7 +122,8 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "
     with progress.notes_only():
         salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
                       else _run_project(plan, config, folder))
-    return {"strategy": strategy, "seed": seed, "seed_salt": salt, "engine": plan.engine,
+    return {"strategy": strategy, "seed": seed, "seed_salt": salt, "seed_strategy": plan.seed_strategy,
+            "engine": plan.engine,
             "settings": settings_key(plan, config, data), "environment": environment(), "rounds": rows,
             "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
             "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows])}
@@ -137,9 +142,13 @@ def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str) -> tu
     def labels_of(ids: np.ndarray) -> np.ndarray:
         return pool.read_columns(config.pool, ["id", "label"], ids).column("label").to_numpy()
 
-    salt = covering_salt(lambda salt: loop.seed_candidates(project, plan.initial, salt)[0].column("id").to_numpy(),
-                         labels_of, config.num_classes, plan.initial)
-    loop.seed(project, plan.initial, salt)
+    if plan.seed_strategy == "typiclust":
+        salt = 0
+        loop.seed(project, plan.initial, strategy="typiclust")
+    else:
+        salt = covering_salt(lambda salt: loop.seed_candidates(project, plan.initial, salt)[0].column("id")
+                             .to_numpy(), labels_of, config.num_classes, plan.initial)
+        loop.seed(project, plan.initial, salt)
     rows = []
     for n in range(plan.rounds + 1):
         labels.import_labels(project, n, *labels.oracle(project, n))
@@ -150,6 +159,27 @@ def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str) -> tu
         if n < plan.rounds:
             loop.acquire(project)
     return salt, rows
+
+
+def _typiclust_seed(config: ProjectConfig, folder: str, data: "PoolArrays", n: int) -> np.ndarray:
+    """What `raydm2 seed --strategy typiclust` picks, on the in-memory pool: the initial model's features."""
+    import torch
+
+    from raydm2 import acquisition
+    from raydm2.acquisition import strategies
+    from raydm2.acquisition.local_engine import LocalEngine
+    from raydm2.acquisition.request import AcquireRequest
+    from raydm2.models import checkpoint
+    from raydm2.models.registry import build
+
+    spec = config.model_spec()
+    torch.manual_seed(config.seed)
+    features = os.path.join(folder, "seed-features")
+    checkpoint.save(build(spec, initial=True), spec, features)
+    request = AcquireRequest(pool=config.pool, model=spec, checkpoint=features, round=0, seed=config.seed,
+                             settings=strategies.get("typiclust").settings(budget=n), image=config.image_spec())
+    picked = acquisition.acquire(request, engine=LocalEngine(request, data.ids, data.pixels)).selection
+    return picked.column("id").to_numpy()
 
 
 @dataclass(frozen=True)
@@ -201,10 +231,13 @@ def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: P
     def candidates(salt: int) -> np.ndarray:  # what loop.seed_candidates picks, on the in-memory ids
         return top_rows(loop.seed_scores(data.ids, config.seed, salt), plan.initial).column("id").to_numpy()
 
-    salt = covering_salt(candidates, lambda ids: data.labels[np.searchsorted(data.ids, ids)], config.num_classes,
-                         plan.initial)
-    labeled = np.isin(data.ids, candidates(salt))
     spec = config.model_spec()
+    if plan.seed_strategy == "typiclust":
+        salt, labeled = 0, np.isin(data.ids, _typiclust_seed(config, folder, data, plan.initial))
+    else:
+        salt = covering_salt(candidates, lambda ids: data.labels[np.searchsorted(data.ids, ids)],
+                             config.num_classes, plan.initial)
+        labeled = np.isin(data.ids, candidates(salt))
     rows, acquire_s = [], 0.0
     for n in range(plan.rounds + 1):
         started = time.perf_counter()
