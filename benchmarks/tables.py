@@ -471,6 +471,18 @@ def real_pools_pretrained(res: Results) -> str:
                   "final accuracy, pretrained"], "lrrrr", rows)
 
 
+def cold_start(res: Results) -> str:
+    r = res.json("cold_start")["results"]
+    rows = []
+    for start in ("scratch", "pretrained"):
+        for name in ("random", "margin", "dm2"):
+            cells = [r[start][seeding][name] for seeding in ("random", "typiclust")]
+            rows.append([start, name] + [pm(c["first_round_accuracy"], 3) for c in cells]
+                        + [pm(c["aubc"]) for c in cells])
+    return table(["backbone", "strategy", "round 0 accuracy, random round 0", "round 0 accuracy, TypiClust",
+                  "AUBC, random round 0", "AUBC, TypiClust round 0"], "llrrrr", rows)
+
+
 def labelstudio_roundtrip(res: Results) -> str:
     r = res.json("labelstudio_roundtrip")
     rows = [[fmt.replace("_", "-"), f"{v['bytes']:,}", f"{v['labels']} of {v['expected']}",
@@ -493,6 +505,7 @@ TABLES = {
     "real_pools": real_pools,
     "real_pools_pretrained": real_pools_pretrained,
     "labelstudio_roundtrip": labelstudio_roundtrip,
+    "cold_start": cold_start,
 }
 
 
