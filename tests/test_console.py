@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -31,8 +32,10 @@ def test_demo_is_a_screenful_then_json_and_quiet_behave(tmp_path):
     for noise in (" INFO ", "core_worker.cc", "Execution plan", "Starting execution", "(pid=", "Running:",
                   "Progress bars", "Token authentication", "Traceback"):
         assert noise not in text, noise
-    stages = [line.split()[0:2] for line in lines if line.startswith("  ") and line.rstrip().endswith("/s")]
+    stages = [line.split()[0:2] for line in lines if re.match(r"  \S.* [\d,]+ images +[\d.]+ s", line)]
     assert [" ".join(s) for s in stages][:2] == ["embed 2,900", "build index"] and ["mix", "+"] in stages
+    epochs = [line for line in lines if line.startswith("  epoch ")]
+    assert [e.split(":")[0] for e in epochs] == [f"  epoch {k}/10" for k in range(1, 11)] and "train loss" in epochs[0]
     assert any(line.startswith("trained on 100 labels, 10 epochs") for line in lines)
     assert "Next, try:" in text and lines[-1].strip().endswith("# does DM2 beat random here?")
 

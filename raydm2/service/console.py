@@ -1,7 +1,7 @@
 """What the `raydm2` command prints: its own lines, one per thing done, and nothing of Ray's unless `--verbose`.
 
-Three levels: `--quiet` (errors only, for cron), the default (raydm2's lines, with each stage's seconds and rows/s
-as it finishes), `--verbose` or `RAYDM2_LOG=debug` (Ray's own logging and progress bars as well). With `--json`,
+Three levels: `--quiet` (errors only, for cron), the default (raydm2's lines: each training epoch, each stage's
+seconds and rows/s as it finishes), `--verbose` or `RAYDM2_LOG=debug` (Ray's own logging and progress bars too). With `--json`,
 stdout carries exactly one JSON document and raydm2's lines go to stderr.
 """
 

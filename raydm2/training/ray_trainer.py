@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
+from ray.util.queue import Queue
 
+from raydm2 import progress
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.config import ProjectConfig, TrainConfig
 from raydm2.models.registry import ModelSpec, build
@@ -77,8 +80,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ids, x_all, y_all = load_shard("train")
     hooks.shard_loaded(rank, ids)
 
+    relay = loop_config.get("relay")
+
     def report(epoch: int, metrics: dict) -> None:
         metrics = {**metrics, "allreduce_calls": counter.calls, "resumed_from_epoch": resumed_from}
+        if relay is not None and rank == 0:
+            try:
+                relay.put_nowait({"epoch": epoch + 1, "epochs": cfg.epochs, "loss": metrics.get("train_loss"),
+                                  "images_per_s": metrics.get("images_per_s")})
+            except Exception:  # a progress line is never worth failing a training run over
+                pass
         last = epoch + 1 == cfg.epochs
         if last and "test" in loop_config["datasets"]:
             # Evaluated before the final report so the metrics travel with the final checkpoint.
@@ -112,6 +123,21 @@ class TrainOptions:
     max_failures: int = 2
 
 
+def _relayed(relay, done: threading.Event) -> None:
+    """Turn rank 0's epoch messages into progress notes until training is done (and the queue is drained)."""
+    from ray.util.queue import Empty
+
+    while True:
+        try:
+            m = relay.get(timeout=0.5)
+        except Empty:
+            if done.is_set():
+                return
+            continue
+        loss = f"train loss {m['loss']:.3f}, " if m.get("loss") is not None else ""
+        progress.note(f"epoch {m['epoch']}/{m['epochs']}: {loss}{m.get('images_per_s') or 0:,.0f} images/s")
+
+
 def _worker_resources(cfg: TrainConfig) -> tuple[dict, int]:
     """CPU per worker and torch threads. On CPU the workers leave a CPU for Ray Data's tasks that feed them
     (workers holding every CPU starve the data pipeline and training hangs)."""
@@ -143,9 +169,12 @@ def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, 
     test = test_dataset(config)
     if test is not None:
         datasets["test"] = test.materialize()
+    # Rank 0 tells the driver each finished epoch through a queue (an actor needing no CPU), so the driver can
+    # say how training goes while Ray Train's own per-report lines stay off.
+    relay = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job, "datasets": sorted(datasets)},
+        train_loop_config={"job": job, "datasets": sorted(datasets), "relay": relay},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -158,7 +187,15 @@ def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, 
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
+    done = threading.Event()
+    relaying = threading.Thread(target=_relayed, args=(relay, done), name="raydm2-epochs", daemon=True)
+    relaying.start()
+    try:
+        result = trainer.fit()
+    finally:
+        done.set()
+        relaying.join(timeout=10)
+        relay.shutdown()
     if result.error:
         raise RayDM2Error(f"training failed: {result.error}")
     with result.checkpoint.as_directory() as d:
