@@ -67,6 +67,14 @@ def cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
                             **popen)
 
 
+def run_cli(*args: str, cwd, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`raydm2 ARGS` run to completion in `cwd`, as a user types it: no RAY_ADDRESS (its own local cluster), no
+    RAYDM2_LOG."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDM2_LOG")}
+    return subprocess.run([sys.executable, "-m", "raydm2", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def label_table(ids: np.ndarray, labels: np.ndarray) -> pa.Table:
     return pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64())})
 

@@ -4,27 +4,17 @@ document on stdout, `--quiet` prints nothing but errors."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
+from helpers import run_cli
 from raydm2 import __version__
-
-
-def _raydm2(*args, cwd):
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAYDM2_LOG", None)
-    return subprocess.run([sys.executable, "-m", "raydm2", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.mark.ray
 def test_demo_is_a_screenful_then_json_and_quiet_behave(tmp_path):
-    demo = _raydm2("demo", "--workdir", "demo_project", cwd=tmp_path)
+    demo = run_cli("demo", "--workdir", "demo_project", cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr[-3000:]
     lines = (demo.stdout + demo.stderr).splitlines()
     assert len(lines) <= 60, "\n".join(lines)
@@ -40,25 +30,25 @@ def test_demo_is_a_screenful_then_json_and_quiet_behave(tmp_path):
     assert "Next, try:" in text and lines[-1].strip().endswith("# does DM2 beat random here?")
 
     project = str(tmp_path / "demo_project" / "project")
-    quiet = _raydm2("label", "--project", project, "--oracle", "--quiet", cwd=tmp_path)
+    quiet = run_cli("label", "--project", project, "--oracle", "--quiet", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
-    requery = _raydm2("requery", "--project", project, "--json", cwd=tmp_path)
+    requery = run_cli("requery", "--project", project, "--json", cwd=tmp_path)
     assert requery.returncode == 0, requery.stderr[-3000:]
     document = json.loads(requery.stdout)  # the whole of stdout is one document
     assert document["ranked"] == 50 and len(set(document["ids"])) == 50
     # The progress lines went to stderr; the summary line is the document itself.
     assert "requeries" in document["where"] and "  mix + score" in requery.stderr and "{" not in requery.stderr
-    status = json.loads(_raydm2("status", "--project", project, "--json", cwd=tmp_path).stdout)
+    status = json.loads(run_cli("status", "--project", project, "--json", cwd=tmp_path).stdout)
     assert [r["state"] for r in status["rounds"]] == ["trained", "labeled"] and status["labels"] == 150
-    refused = _raydm2("status", "--project", str(tmp_path / "nowhere"), "--json", "--quiet", cwd=tmp_path)
+    refused = run_cli("status", "--project", str(tmp_path / "nowhere"), "--json", "--quiet", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1
 
 
 def test_version_and_flags_anywhere(tmp_path):
-    run = _raydm2("--version", cwd=tmp_path)
+    run = run_cli("--version", cwd=tmp_path)
     assert run.returncode == 0 and run.stdout.strip() == f"raydm2 {__version__}"
     for args in (("--quiet", "status", "--project", "x"), ("status", "--project", "x", "-q")):
-        run = _raydm2(*args, cwd=tmp_path)
+        run = run_cli(*args, cwd=tmp_path)
         assert run.returncode == 2 and run.stdout == "" and "no project at" in run.stderr
 
 

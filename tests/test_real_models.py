@@ -3,9 +3,6 @@ model from a module in a temp folder through a real Ray round, and one-line refu
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,7 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from helpers import first_images
+from helpers import first_images, run_cli
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.config import ProjectConfig
 from raydm2.models import checkpoint
@@ -37,13 +34,6 @@ FACTORY = textwrap.dedent("""
 """)
 
 
-def _cli(args, cwd, env=None):
-    env = {**os.environ, **(env or {})}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "raydm2", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
 @pytest.mark.ray
 def test_factory_model_from_a_temp_folder_runs_a_ray_round(tmp_path, sample_pools):
     """The module lives only in the user's folder: Ray's workers (Ray Train's and the acquisition actors) get it
@@ -58,7 +48,7 @@ def test_factory_model_from_a_temp_folder_runs_a_ray_round(tmp_path, sample_pool
         ["round", "--project", "p"],
     ]
     for args in steps:
-        run = _cli(args, tmp_path)
+        run = run_cli(*args, cwd=tmp_path)
         assert run.returncode == 0, (args, run.stderr[-2500:])
     from raydm2.ledger.project import Project
 
@@ -76,8 +66,8 @@ def test_factory_model_from_a_temp_folder_runs_a_ray_round(tmp_path, sample_pool
 ])
 def test_factory_that_breaks_the_contract_is_one_line(tmp_path, sample_pools, function, message):
     (tmp_path / "mymodels.py").write_text(FACTORY)
-    run = _cli(["init", "--project", "p", "--pool", sample_pools["mnist_train"], "--set", "classes=[a,b]",
-                "--set", f"model.factory={function}"], tmp_path)
+    run = run_cli("init", "--project", "p", "--pool", sample_pools["mnist_train"], "--set", "classes=[a,b]",
+                  "--set", f"model.factory={function}", cwd=tmp_path)
     assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert not (tmp_path / "p").exists()
 

@@ -98,10 +98,11 @@ class RayEngine(Engine):
         are added to the cache as one more folder, renamed into place whole so a crash never leaves a partial one.
         """
         cache = self.request.cache
-        ds = _restrict(self._read_pool(), excluded=excluded)
         cached = None
         parts = [cache.join(name).uri for name in cache.list_dir() if name.startswith("part-")] if cache else []
-        if parts:
+        if not parts:
+            ds = _restrict(self._read_pool(), excluded=excluded)
+        else:
             cached = _restrict(ray.data.read_parquet(parts), excluded=excluded)
             if self.request.model.freeze_backbone:
                 # The cache is keyed by the frozen backbone alone (rounds share it), but `conf` came from the head

@@ -14,6 +14,7 @@ from dataclasses import asdict
 import torch
 
 from raydm2.errors import RayDM2Error
+from raydm2.models import state
 from raydm2.models.registry import Classifier, ModelSpec, build
 from raydm2.data.storage import Location, resolve
 
@@ -24,9 +25,9 @@ META = "meta.json"
 def save(model: torch.nn.Module, spec: ModelSpec, directory: Location | str, extra: dict | None = None) -> None:
     loc = resolve(directory) if isinstance(directory, str) else directory
     module = getattr(model, "module", model)  # unwrap DDP
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    tensors = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(tensors, buf)
     loc.join(WEIGHTS).write_bytes(buf.getvalue())
     # meta.json last: its presence marks a complete checkpoint.
     loc.join(META).write_text(json.dumps({"spec": asdict(spec), **(extra or {})}, indent=2, sort_keys=True))
@@ -37,22 +38,25 @@ def fingerprint(directory: Location | str, backbone_only: bool = False) -> str:
     `backbone_only` (a frozen backbone), the head is left out: every round's checkpoint then shares one digest,
     so one embedding cache serves them all."""
     loc = resolve(directory) if isinstance(directory, str) else directory
-    blob = loc.join(WEIGHTS).read_bytes()
     if not backbone_only:
-        return hashlib.sha256(blob).hexdigest()[:16]
-    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        return hashlib.sha256(loc.join(WEIGHTS).read_bytes()).hexdigest()[:16]
+    weights = _weights(loc)
     digest = hashlib.sha256(b"backbone")
-    for key in sorted(k for k in state if not k.startswith(("head.", "dropout."))):
+    for key in sorted(k for k in weights if not k.startswith(("head.", "dropout."))):
         digest.update(key.encode())
-        digest.update(state[key].contiguous().numpy().tobytes())
+        digest.update(weights[key].contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
 def head(directory: Location | str) -> tuple:
     """(weight, bias) of the linear head, as float64 numpy arrays."""
     loc = resolve(directory) if isinstance(directory, str) else directory
-    state = torch.load(io.BytesIO(loc.join(WEIGHTS).read_bytes()), map_location="cpu", weights_only=True)
-    return state["head.weight"].double().numpy(), state["head.bias"].double().numpy()
+    weights = _weights(loc)
+    return weights["head.weight"].double().numpy(), weights["head.bias"].double().numpy()
+
+
+def _weights(loc: Location) -> dict:
+    return state.from_bytes(loc.join(WEIGHTS).read_bytes(), f"checkpoint {loc.uri}/{WEIGHTS}")
 
 
 def read_meta(directory: Location | str) -> dict:
@@ -92,16 +96,10 @@ def load(directory: Location | str, expected: ModelSpec, map_location="cpu") -> 
         raise RayDM2Error(f"checkpoint {loc.uri} has no {WEIGHTS}") from None
     if not blob:
         raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is empty (0 bytes): retrain the round")
-    try:
-        state = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError/RuntimeError variants for unsafe or corrupt files
-        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is not a loadable state dict: {reason}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RayDM2Error(f"checkpoint {loc.uri}/{WEIGHTS} is not a state dict of tensors")
+    weights = state.from_bytes(blob, f"checkpoint {loc.uri}/{WEIGHTS}", map_location)
     model = build(expected)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         raise RayDM2Error(f"checkpoint {loc.uri} does not fit the model {expected.arch}: {exc}") from None
     return model

@@ -10,16 +10,15 @@ for clusters without internet, read with `weights_only=True`.
 from __future__ import annotations
 
 import importlib
-import io
 import os
 import sys
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from raydm2 import plugins
 from raydm2.errors import RayDM2Error
+from raydm2.models import state
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 PREFIXES = ("torchvision/", "timm/")
@@ -142,20 +141,7 @@ def _read_file(uri: str) -> dict:
         blob = resolve(uri).read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         raise RayDM2Error(f"model.weights file {uri} does not exist") from None
-    if uri.endswith(".safetensors"):
-        from safetensors.torch import load
-
-        return load(blob)
-    try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError/RuntimeError variants for unsafe or corrupt files
-        raise RayDM2Error(f"model.weights file {uri} is not a loadable state dict: "
-                          f"{str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RayDM2Error(f"model.weights file {uri} is not a state dict of tensors")
-    return state
+    return state.from_bytes(blob, f"model.weights file {uri}")
 
 
 def load_body_file(net: nn.Module, uri: str) -> None:

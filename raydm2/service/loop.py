@@ -20,31 +20,34 @@ from raydm2.ledger.project import Project
 from raydm2.acquisition.topk import TopK
 
 
-def _seed_by_typicality(project: Project, n: int) -> pa.Table:
+def typiclust_seed_request(config: ProjectConfig, features: str, n: int):
+    """The acquisition that picks a TypiClust round 0 of `n` images: the initial model (its weights, or a seeded
+    random init) saved at `features`, where the round keeps it so the seed can be explained and repeated."""
     import torch
 
-    from raydm2 import acquisition
     from raydm2.acquisition import strategies
     from raydm2.acquisition.request import AcquireRequest
     from raydm2.models import checkpoint
     from raydm2.models.registry import build
 
-    config = project.config
     spec = config.model_spec()
+    torch.manual_seed(config.seed)
+    checkpoint.save(build(spec, initial=True), spec, features)
+    return AcquireRequest(pool=config.pool, model=spec, checkpoint=features, round=0, seed=config.seed,
+                          settings=strategies.get("typiclust").settings(budget=n), image=config.image_spec())
+
+
+def _seed_by_typicality(project: Project, n: int) -> pa.Table:
+    from raydm2 import acquisition
+
     project.new_round(0, strategy="typiclust")
     try:
-        # The features are the initial model's (its weights, or a seeded random init): stored with the round so
-        # the seed can be explained and repeated.
-        features = project.round_dir(0).join("seed_features")
-        torch.manual_seed(config.seed)
-        checkpoint.save(build(spec, initial=True), spec, features)
-        project.update(0, state="acquiring", checkpoint=features.uri)
+        request = typiclust_seed_request(project.config, project.round_dir(0).join("seed_features").uri, n)
+        project.update(0, state="acquiring", checkpoint=request.checkpoint)
         progress.note(f"seeding round 0 with typiclust: {n} clusters of the initial model's features")
         connect(project)
         started = time.perf_counter()
-        request = AcquireRequest(pool=config.pool, model=spec, checkpoint=features.uri, round=0, seed=config.seed,
-                                 settings=strategies.get("typiclust").settings(budget=n), image=config.image_spec())
-        result = acquisition.acquire(request, acquire_options(config))
+        result = acquisition.acquire(request, acquire_options(project.config))
     except BaseException:
         project.discard_round(0)
         raise

@@ -162,22 +162,11 @@ def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str) -> tu
 
 
 def _typiclust_seed(config: ProjectConfig, folder: str, data: "PoolArrays", n: int) -> np.ndarray:
-    """What `raydm2 seed --strategy typiclust` picks, on the in-memory pool: the initial model's features."""
-    import torch
-
+    """What `raydm2 seed --strategy typiclust` picks, on the in-memory pool."""
     from raydm2 import acquisition
-    from raydm2.acquisition import strategies
     from raydm2.acquisition.local_engine import LocalEngine
-    from raydm2.acquisition.request import AcquireRequest
-    from raydm2.models import checkpoint
-    from raydm2.models.registry import build
 
-    spec = config.model_spec()
-    torch.manual_seed(config.seed)
-    features = os.path.join(folder, "seed-features")
-    checkpoint.save(build(spec, initial=True), spec, features)
-    request = AcquireRequest(pool=config.pool, model=spec, checkpoint=features, round=0, seed=config.seed,
-                             settings=strategies.get("typiclust").settings(budget=n), image=config.image_spec())
+    request = loop.typiclust_seed_request(config, os.path.join(folder, "seed-features"), n)
     picked = acquisition.acquire(request, engine=LocalEngine(request, data.ids, data.pixels)).selection
     return picked.column("id").to_numpy()
 
