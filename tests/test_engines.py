@@ -69,6 +69,9 @@ def toy_strategy(tmp_path, monkeypatch):
     (folder / "toy_darkest.py").write_text(TOY)
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setenv("RAYDM2_STRATEGY_MODULES", "toy_darkest")
+    # Every built-in strategy registered first: one imported during the test would register only into the copy, and
+    # be missing from the registry afterwards (its module is not imported again).
+    strategies.names()
     monkeypatch.setattr(strategies, "_REGISTRY", dict(strategies._REGISTRY))
     yield str(folder)
     sys.modules.pop("toy_darkest", None)
