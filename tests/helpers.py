@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +76,43 @@ def run_cli(*args: str, cwd, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDM2_LOG")}
     return subprocess.run([sys.executable, "-m", "raydm2", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_cli_on_terminal(*args: str, cwd, timeout: int = 600) -> tuple[int, str, str]:
+    """`raydm2 ARGS` on a pseudo-terminal (80×24, as a person's): (exit code, stdout, what the terminal received,
+    with its line feeds as `\\n`). With `--json` only stderr is the terminal and stdout a pipe to a script, whose
+    text is returned; otherwise both are the terminal and the returned stdout is empty."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDM2_LOG")}
+    terminal, device = pty.openpty()
+    fcntl.ioctl(device, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with tempfile.TemporaryFile() as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "raydm2", *args], cwd=cwd, env=env,
+                                stdout=stdout if "--json" in args else device, stderr=device, stdin=subprocess.DEVNULL)
+        os.close(device)
+        received, deadline = b"", time.monotonic() + timeout
+        # Read until the command has exited and the terminal is quiet: Ray's processes inherit the terminal and
+        # may hold it open a moment after the command exits.
+        while time.monotonic() < deadline:
+            if not select.select([terminal], [], [], 1.0)[0]:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: every holder of the terminal's other end has closed it
+                break
+            if not chunk:
+                break
+            received += chunk
+        os.close(terminal)
+        code = proc.wait(timeout=max(1, deadline - time.monotonic()))
+        stdout.seek(0)
+        return code, stdout.read().decode(), received.decode(errors="replace").replace("\r\n", "\n")
 
 
 def label_table(ids: np.ndarray, labels: np.ndarray) -> pa.Table:

@@ -3,12 +3,14 @@ document on stdout, `--quiet` prints nothing but errors."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import time
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, run_cli_on_terminal
 from raydm2 import __version__
 
 
@@ -32,12 +34,18 @@ def test_demo_is_a_screenful_then_json_and_quiet_behave(tmp_path):
     project = str(tmp_path / "demo_project" / "project")
     quiet = run_cli("label", "--project", project, "--oracle", "--quiet", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
-    requery = run_cli("requery", "--project", project, "--json", cwd=tmp_path)
-    assert requery.returncode == 0, requery.stderr[-3000:]
-    document = json.loads(requery.stdout)  # the whole of stdout is one document
+    # A person at a terminal: stderr (where --json sends raydm2's lines) is one; stdout is a pipe to a script.
+    code, stdout, terminal = run_cli_on_terminal("requery", "--project", project, "--json", cwd=tmp_path)
+    assert code == 0, terminal[-3000:]
+    document = json.loads(stdout)  # the whole of stdout is one document
     assert document["ranked"] == 50 and len(set(document["ids"])) == 50
-    # The progress lines went to stderr; the summary line is the document itself.
-    assert "requeries" in document["where"] and "  mix + score" in requery.stderr and "{" not in requery.stderr
+    # The progress lines went to the terminal; the summary line is the document itself.
+    assert "requeries" in document["where"] and "{" not in terminal
+    # Each stage the actors count was a live line (count, rows/s, ETA) redrawn in place, then its summary line.
+    for stage in ("search neighbours", "mix + score"):
+        redraws = re.findall(rf"\r  {re.escape(stage)} +\d+% \|[^|]*\| ([\d,]+)/2,850 images  \S+/s  ETA", terminal)
+        assert redraws and redraws[-1] != "0", (stage, terminal)
+        assert re.search(rf"[\r\n]  {re.escape(stage)} +2,850 images +[\d.]+ s", terminal), terminal
     status = json.loads(run_cli("status", "--project", project, "--json", cwd=tmp_path).stdout)
     assert [r["state"] for r in status["rounds"]] == ["trained", "labeled"] and status["labels"] == 150
     refused = run_cli("status", "--project", str(tmp_path / "nowhere"), "--json", "--quiet", cwd=tmp_path)
@@ -67,3 +75,42 @@ def test_stage_lines_are_readable():
         progress.listen(None)
     assert seen == [("mix_score_s", 2.0, 100)]
     assert progress.readable("mix_score_s") == "mix + score" and progress.readable("odd_stage_s") == "odd stage"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_line_on_a_terminal_only(monkeypatch):
+    """On a terminal a running stage is one line redrawn in place (rows, rows/s, ETA), replaced by its summary line;
+    elsewhere (a log) only the summary line is written, and nothing is counted."""
+    from raydm2 import progress
+    from raydm2.service import console
+
+    done = [0]
+
+    def stage() -> None:
+        with progress.counting("embed_s", 400, lambda: done[0], every_s=0.05):
+            for _ in range(4):
+                done[0] += 100
+                time.sleep(0.15)
+        progress.stage_done("embed_s", 0.6, 400)
+
+    for stream, live in ((_Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr("sys.stdout", stream)
+        console.setup()
+        try:
+            assert progress.wants_counts() is live
+            stage()
+        finally:
+            progress.listen(None)
+        out = stream.getvalue()
+        summary = "  embed" + " " * 19 + "400 images     0.6 s  667/s\n"
+        assert out.endswith(summary), out
+        if live:
+            redraws = [part for part in out.split("\r") if "embed" in part and "ETA" in part]
+            assert len(redraws) >= 2 and "/400 images" in out, out
+            assert re.search(r"\d+/400 images  [\d.]+k?/s  ETA \d\d:\d\d", out), out
+        else:
+            assert out == summary

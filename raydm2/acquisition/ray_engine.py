@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +26,9 @@ from raydm2.acquisition.engine import Engine, Handle, sorted_by_id
 from raydm2.acquisition.knn import KnnSettings, NeighbourSearcher, build_index
 from raydm2.acquisition.mixing import DM2Params, mean_partner, unit
 from raydm2.acquisition.model_actors import Embedder
+from raydm2 import progress
 from raydm2.acquisition.request import AcquireOptions, AcquireRequest
+from raydm2.acquisition.tally import Counted, Tally
 from raydm2.acquisition.topk import TopK
 from raydm2.data import pool
 from raydm2.data.images import ImageSpec, decode, decode_batch
@@ -40,6 +44,24 @@ class RayEngine(Engine):
     def __init__(self, request: AcquireRequest, opts: AcquireOptions | None = None):
         super().__init__(request)
         self.opts = opts or AcquireOptions()
+        self._tally = None
+
+    @contextmanager
+    def _counting(self, stage: str | None, total: Callable[[], int | None]) -> Iterator[str | None]:
+        """While someone watches (`progress.wants_counts`), the block's actor pools count their rows under `stage`
+        (the yielded name, passed to them as `count_as`; None: nobody watches and nothing counts)."""
+        if stage is None or not progress.wants_counts():
+            yield None
+            return
+        if self._tally is None:
+            self._tally = Tally.remote()
+        tally = self._tally
+        with progress.counting(stage, total(), lambda: ray.get(tally.read.remote(stage))):
+            yield stage
+
+    def _rows_left(self, excluded: np.ndarray | None) -> int:
+        """Rows of the pool less the `excluded` ids: a stage's total for the live line."""
+        return max(0, pool.pool_info(self.request.pool).rows - len(excluded if excluded is not None else []))
 
     # ---- the pool through a model -------------------------------------------------------------------------
     def _plan(self) -> ActorPlan:
@@ -53,28 +75,39 @@ class RayEngine(Engine):
         return ds.map_batches(decode_batch, fn_kwargs={"spec": self.request.image}, batch_format="numpy",
                               batch_size=self.opts.batch_size, num_cpus=0.5)
 
-    def _map_model(self, ds: ray.data.Dataset, model_fn, **kwargs) -> ray.data.Dataset:
-        """A `ModelActor` subclass in an actor pool laid out from free resources, or a plain function as tasks."""
+    def _map_model(self, ds: ray.data.Dataset, model_fn, count_as: str | None = None, **kwargs) -> ray.data.Dataset:
+        """A `ModelActor` subclass in an actor pool laid out from free resources, or a plain function as tasks.
+        With `count_as`, the actors tell the tally their rows under that stage."""
         if not isinstance(model_fn, type):
             return ds.map_batches(model_fn, fn_kwargs=kwargs, batch_format="numpy", num_cpus=0.25)
         plan = self._plan()
+        kwargs = {"checkpoint_uri": self.request.checkpoint, "spec": self.request.model, **kwargs,
+                  "threads": plan.threads, "use_gpu": plan.uses_gpu}
+        return self._actor_pool(ds, model_fn, kwargs, count_as, plan, batch_size=self.opts.batch_size)
+
+    def _actor_pool(self, ds: ray.data.Dataset, fn_class: type, kwargs: dict, count_as: str | None,
+                    plan: ActorPlan, batch_size: int) -> ray.data.Dataset:
+        if count_as is not None:
+            fn_class, kwargs = Counted, {"fn_class": fn_class, "tally": self._tally, "stage": count_as, **kwargs}
         return ds.map_batches(
-            model_fn,
-            fn_constructor_kwargs={"checkpoint_uri": self.request.checkpoint, "spec": self.request.model, **kwargs,
-                                   "threads": plan.threads, "use_gpu": plan.uses_gpu},
+            fn_class,
+            fn_constructor_kwargs=kwargs,
             compute=ActorPoolStrategy(size=plan.size),
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus,
-            batch_size=self.opts.batch_size,
+            batch_size=batch_size,
             batch_format="numpy",
         )
 
     def score(self, model_fn, stage: str | None = None, on: Handle | None = None, **kwargs) -> Handle:
         if on is not None:
             # Materialised: the result is small (per-block winners) and may be read more than once.
-            return self._map_model(on, model_fn, **kwargs).materialize()
+            with self._counting(stage, lambda: self.counts.get("candidates")) as count_as:
+                return self._map_model(on, model_fn, count_as, **kwargs).materialize()
         ds = self._decode(_restrict(self._read_pool(), excluded=self.request.excluded))
-        return self._checked(self._map_model(ds, model_fn, **kwargs).materialize(), stage, 0)
+        with self._counting(stage, lambda: self._rows_left(self.request.excluded)) as count_as:
+            scored = self._map_model(ds, model_fn, count_as, **kwargs).materialize()
+        return self._checked(scored, stage, 0)
 
     def embed(self, with_labeled: bool = False):
         req = self.request
@@ -117,7 +150,9 @@ class RayEngine(Engine):
             if len(todo) == 0:
                 return cached, cached.count()
             ds = _restrict(self._read_pool(), only=todo)
-        ds = self._map_model(self._decode(ds), Embedder).materialize()
+        with self._counting("embed_s", lambda: len(todo) if cached is not None else self._rows_left(excluded)
+                            ) as count_as:
+            ds = self._map_model(self._decode(ds), Embedder, count_as).materialize()
         if cache is not None and ds.count():
             new = _count_rows(ds)
             if new["ok"] == new["finite"]:  # a diverged model's output is refused later and must not be cached
@@ -168,18 +203,15 @@ class RayEngine(Engine):
     # ---- DM2's neighbours and partner pixels -------------------------------------------------------------
     def neighbours(self, embedded: Handle, knn: KnnSettings, params: DM2Params) -> Handle:
         n = self.counts["candidates"]
-        index_ref = _build_index.options(num_cpus=1).remote(embedded, n, knn, params.seed, params.round)
-        self.index = ray.get(_describe.remote(index_ref))
+        with self._counting("index_s", lambda: None):
+            index_ref = _build_index.options(num_cpus=1).remote(embedded, n, knn, params.seed, params.round)
+            self.index = ray.get(_describe.remote(index_ref))
         self.lap("index_s")
         plan = self._plan()
-        searched = embedded.map_batches(
-            NeighbourSearcher,
-            fn_constructor_kwargs={"index": [index_ref], "params": params, "threads": plan.threads},
-            compute=ActorPoolStrategy(size=plan.size),
-            num_cpus=plan.num_cpus,
-            batch_size=max(self.opts.batch_size, 1024),
-            batch_format="numpy",
-        ).materialize()
+        with self._counting("search_s", lambda: n) as count_as:
+            searched = self._actor_pool(embedded, NeighbourSearcher,
+                                        {"index": [index_ref], "params": params, "threads": plan.threads},
+                                        count_as, plan, batch_size=max(self.opts.batch_size, 1024)).materialize()
         del index_ref
         self.lap("search_s")
         return searched

@@ -1,8 +1,11 @@
 """What the `raydm2` command prints: its own lines, one per thing done, and nothing of Ray's unless `--verbose`.
 
 Three levels: `--quiet` (errors only, for cron), the default (raydm2's lines: each training epoch, each stage's
-seconds and rows/s as it finishes), `--verbose` or `RAYDM2_LOG=debug` (Ray's own logging and progress bars too). With `--json`,
-stdout carries exactly one JSON document and raydm2's lines go to stderr.
+seconds and rows/s as it finishes), `--verbose` or `RAYDM2_LOG=debug` (Ray's own logging and progress bars too). With
+`--json`, stdout carries exactly one JSON document and raydm2's lines go to stderr.
+
+On a terminal, the default level also shows one live line (tqdm) while a stage runs: rows done, rows/s and ETA,
+replaced by the stage's summary line when it finishes. Logs and `ray job logs` get the summary lines only.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -31,7 +35,8 @@ def setup(quiet: bool = False, verbose: bool = False, as_json: bool = False, pro
     _level = "verbose" if verbose else "quiet" if quiet else "normal"
     _json = as_json
     runtime.set_verbose(verbose)
-    progress.listen(None if quiet else _Lines())
+    lines = sys.stderr if as_json else sys.stdout
+    progress.listen(None if quiet else _Lines(live=not verbose and lines.isatty()))
     if process and not verbose:
         _filter_native_stderr()
 
@@ -95,9 +100,13 @@ def verbose() -> bool:
 
 
 def say(text: str) -> None:
-    """One line of raydm2's own (not shown with --quiet)."""
+    """One line of raydm2's own (not shown with --quiet); above the live lines, if any."""
     if _level != "quiet":
-        print(text, file=sys.stderr if _json else sys.stdout, flush=True)
+        from tqdm import tqdm
+
+        stream = sys.stderr if _json else sys.stdout
+        tqdm.write(text, file=stream)
+        stream.flush()  # a log file or `ray job logs` gets each line as it happens
 
 
 def result(document: dict, text: str | None = None) -> None:
@@ -116,8 +125,33 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-class _Lines:
-    """A finished stage as one aligned line, e.g. `  embed              2,000 images   3.1 s   645/s`."""
+class _Lines(progress.Listener):
+    """A finished stage as one aligned line, e.g. `  embed              2,000 images   3.1 s   645/s`; with `live`,
+    a running stage as a tqdm line: `  embed     45% |█████     | 1,300/2,900 images  645/s  ETA 00:02`."""
+
+    def __init__(self, live: bool = False):
+        self.wants_counts = live
+        self._bars: dict = {}
+
+    def stage_counted(self, stage: str, done: int, total: int | None, unit: str) -> None:
+        from tqdm import tqdm
+
+        bar = self._bars.get(stage)
+        if bar is None:
+            fmt = ("{desc:<20}{percentage:3.0f}% |{bar:12}| {n:,}/{total:,} " + unit
+                   + "  {rate_noinv_fmt}  ETA {remaining}" if total else "{desc:<20}{elapsed}")
+            # The size from shutil, which falls back to $COLUMNS/$LINES or 80×24 where a terminal reports 0×0
+            # (a fresh pty, `docker run -t`): tqdm would take 0 rows as no room and draw nothing.
+            size = shutil.get_terminal_size()
+            bar = self._bars[stage] = tqdm(total=total, desc=f"  {progress.readable(stage)}", unit="", unit_scale=True,
+                                           bar_format=fmt, file=sys.stderr if _json else sys.stdout, leave=False,
+                                           mininterval=0.2, ncols=size.columns, nrows=size.lines)
+        bar.update(done - bar.n)
+
+    def stage_ended(self, stage: str) -> None:
+        bar = self._bars.pop(stage, None)
+        if bar is not None:
+            bar.close()
 
     def stage_done(self, stage: str, seconds: float, rows: int | None) -> None:
         rate = f"  {rows / seconds:,.0f}/s" if rows and seconds > 0 else ""

@@ -119,9 +119,11 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "
     if os.path.exists(folder):
         shutil.rmtree(folder)
     progress.note(f"{strategy}, seed {seed}:")
-    with progress.notes_only():
-        salt, rows = (_run_local(plan, config, folder, data) if plan.engine == "local"
-                      else _run_project(plan, config, folder))
+    rows: list[dict] = []  # each round's row as it finishes, counted by the live line on a terminal
+    with progress.counting(f"{strategy}, seed {seed}", plan.rounds + 1, lambda: len(rows), unit="rounds"), \
+            progress.notes_only():
+        salt = (_run_local(plan, config, folder, data, rows) if plan.engine == "local"
+                else _run_project(plan, config, folder, rows))
     return {"strategy": strategy, "seed": seed, "seed_salt": salt, "seed_strategy": plan.seed_strategy,
             "engine": plan.engine,
             "settings": settings_key(plan, config, data), "environment": environment(), "rounds": rows,
@@ -136,7 +138,8 @@ def _row(n: int, labels_count: int, metrics: dict, acquire_s: float, train_s: fl
             "robust_accuracy": metrics.get("robust_accuracy"), "acquire_s": acquire_s, "train_s": train_s}
 
 
-def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str) -> tuple[int, list[dict]]:
+def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str, rows: list[dict]) -> int:
+    """Runs the simulation as a project; appends each round's row to `rows`, returns the seed's salt."""
     project = Project.create(folder, config)
 
     def labels_of(ids: np.ndarray) -> np.ndarray:
@@ -149,7 +152,6 @@ def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str) -> tu
         salt = covering_salt(lambda salt: loop.seed_candidates(project, plan.initial, salt)[0].column("id")
                              .to_numpy(), labels_of, config.num_classes, plan.initial)
         loop.seed(project, plan.initial, salt)
-    rows = []
     for n in range(plan.rounds + 1):
         labels.import_labels(project, n, *labels.oracle(project, n))
         metrics = loop.train(project, n)
@@ -158,7 +160,7 @@ def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str) -> tu
                          timings.get("train_s")))
         if n < plan.rounds:
             loop.acquire(project)
-    return salt, rows
+    return salt
 
 
 def _typiclust_seed(config: ProjectConfig, folder: str, data: "PoolArrays", n: int) -> np.ndarray:
@@ -210,7 +212,8 @@ class PoolArrays:
         return h.hexdigest()
 
 
-def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: PoolArrays) -> tuple[int, list[dict]]:
+def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: PoolArrays, rows: list[dict]) -> int:
+    """Runs the simulation in this process; appends each round's row to `rows`, returns the seed's salt."""
     from raydm2.models import checkpoint
     from raydm2 import acquisition
     from raydm2.acquisition.local_engine import LocalEngine
@@ -227,7 +230,7 @@ def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: P
         salt = covering_salt(candidates, lambda ids: data.labels[np.searchsorted(data.ids, ids)],
                              config.num_classes, plan.initial)
         labeled = np.isin(data.ids, candidates(salt))
-    rows, acquire_s = [], 0.0
+    acquire_s = 0.0
     for n in range(plan.rounds + 1):
         started = time.perf_counter()
         weights, metrics = fit_in_process(config, data.pixels[labeled], data.labels[labeled], data.test_pixels,
@@ -246,7 +249,7 @@ def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: P
         picked = picked.column("id").to_numpy()
         acquire_s = round(time.perf_counter() - started, 4)
         labeled |= np.isin(data.ids, picked)
-    return salt, rows
+    return salt
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -324,7 +327,24 @@ def simulate(plan: SimulationPlan, out: str, title: str = "simulation", records:
     for folder in (out, records):
         os.makedirs(folder, exist_ok=True)
     data = PoolArrays.load(plan.base)
-    runs = []
+    runs: list[dict] = []
+    with progress.counting("simulation", len(plan.strategies) * len(plan.seeds), lambda: len(runs), unit="runs"):
+        _run_all(plan, out, records, data, runs)
+    summary = summarise(runs)
+    report = {"plan": {**asdict(plan), "base": plan.base.model_dump(mode="json")}, "records": records,
+              "summary": summary, "runs": runs}
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown(summary, title))
+    plot(summary, os.path.join(out, "curves.png"), title)
+    with open(os.path.join(out, "results.html"), "w") as f:
+        f.write(html_page(summary, os.path.join(out, "curves.png"), title, plan))
+    return report
+
+
+def _run_all(plan: SimulationPlan, out: str, records: str, data: "PoolArrays", runs: list[dict]) -> None:
+    """Every (strategy, seed) run, each appended to `runs` when it finishes or was finished before."""
     for strategy in plan.strategies:
         for seed in plan.seeds:
             done = os.path.join(records, f"{strategy}-seed{seed}.json")
@@ -341,17 +361,6 @@ def simulate(plan: SimulationPlan, out: str, title: str = "simulation", records:
                 json.dump(result, f, indent=1)
             os.replace(done + ".tmp", done)
             runs.append(result)
-    summary = summarise(runs)
-    report = {"plan": {**asdict(plan), "base": plan.base.model_dump(mode="json")}, "records": records,
-              "summary": summary, "runs": runs}
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(markdown(summary, title))
-    plot(summary, os.path.join(out, "curves.png"), title)
-    with open(os.path.join(out, "results.html"), "w") as f:
-        f.write(html_page(summary, os.path.join(out, "curves.png"), title, plan))
-    return report
 
 
 def html_page(summary: dict, curves: str, title: str, plan: SimulationPlan) -> str:

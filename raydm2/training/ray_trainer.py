@@ -123,8 +123,9 @@ class TrainOptions:
     max_failures: int = 2
 
 
-def _relayed(relay, done: threading.Event) -> None:
-    """Turn rank 0's epoch messages into progress notes until training is done (and the queue is drained)."""
+def _relayed(relay, done: threading.Event, epochs_done: list[int]) -> None:
+    """Turn rank 0's epoch messages into progress notes (and `epochs_done[0]`, for the live line) until training is
+    done and the queue is drained."""
     from ray.util.queue import Empty
 
     while True:
@@ -134,6 +135,7 @@ def _relayed(relay, done: threading.Event) -> None:
             if done.is_set():
                 return
             continue
+        epochs_done[0] = m["epoch"]
         loss = f"train loss {m['loss']:.3f}, " if m.get("loss") is not None else ""
         progress.note(f"epoch {m['epoch']}/{m['epochs']}: {loss}{m.get('images_per_s') or 0:,.0f} images/s")
 
@@ -187,11 +189,12 @@ def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, 
         ),
         datasets=datasets,
     )
-    done = threading.Event()
-    relaying = threading.Thread(target=_relayed, args=(relay, done), name="raydm2-epochs", daemon=True)
+    done, epochs_done = threading.Event(), [0]
+    relaying = threading.Thread(target=_relayed, args=(relay, done, epochs_done), name="raydm2-epochs", daemon=True)
     relaying.start()
     try:
-        result = trainer.fit()
+        with progress.counting("train_s", tc.epochs, lambda: epochs_done[0], unit="epochs"):
+            result = trainer.fit()
     finally:
         done.set()
         relaying.join(timeout=10)

@@ -110,7 +110,7 @@ def plan(engine, request):
                               .column("d").to_numpy()))
     pairs = engine.with_partners(searched, mean=params.mix == "mean")
     budget, radius = request.budget, params.dedupe_radius
-    scored = engine.score(MixScorer, on=pairs, image=request.image, params=params, tau=tau,
+    scored = engine.score(MixScorer, "mix_score_s", on=pairs, image=request.image, params=params, tau=tau,
                           keep=None if radius else budget)
     selection, warnings = select(engine, scored, budget, params.k, radius)
     engine.lap("mix_score_s")
