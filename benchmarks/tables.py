@@ -237,6 +237,14 @@ def train(res: Results) -> str:
     return table(["training", "clean accuracy", "FGSM-robust accuracy", "images/s per worker"], "lrrr", rows)
 
 
+def train_round(res: Results) -> str:
+    d = res.json("train_round")
+    rows = [[label, f"{r['train_round_s']:.1f} s", f"{r['command_s']:.1f} s",
+             ", ".join(f"{run['train_round_s']:.1f}" for run in r["runs"]), f"{r['clean_accuracy']:.3f}"]
+            for label, r in (("before (a report and checkpoint every epoch)", d["before"]), ("now", d))]
+    return table(["", "median to checkpoint", "median command", "each run (s)", "clean accuracy"], "lrrlr", rows)
+
+
 def acquire_scale(res: Results) -> str:
     rows = []
     for r in res.json("acquire_scale")["runs"]:
@@ -495,6 +503,7 @@ TABLES = {
     "acquire_floor": acquire_floor,
     "acquire_startup": acquire_startup,
     "train": train,
+    "train_round": train_round,
     "select_protocols": select_protocols,
     "select_mnist": lambda res: select_table(res, "mnist"),
     "select_fashion_mnist": lambda res: select_table(res, "fashion_mnist"),

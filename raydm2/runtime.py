@@ -1,7 +1,7 @@
 """The one place that connects to Ray and decides how big actor pools may be.
 
-`RAY_ADDRESS` set: connect to that cluster. Otherwise start an embedded local cluster bound to 127.0.0.1 with the
-dashboard on 127.0.0.1 only (nothing listens on a public interface).
+`RAY_ADDRESS` set: connect to that cluster. Otherwise start an embedded local cluster bound to 127.0.0.1, without a
+dashboard unless asked for (then on 127.0.0.1 only): nothing listens on a public interface.
 """
 
 from __future__ import annotations
@@ -68,11 +68,13 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def connect(address: str | None = None, include_dashboard: bool | None = None, num_cpus: int | None = None,
+def connect(address: str | None = None, include_dashboard: bool = False, num_cpus: int | None = None,
             num_gpus: int | None = None, temp_dir: str | None = None) -> None:
     """Join the cluster at `address` (default `$RAY_ADDRESS`); with neither, start an embedded local cluster on
     127.0.0.1 (`num_cpus`, `num_gpus` and `temp_dir` size and place it). A local cluster is always a new one
-    (`address="local"`): never one started by someone else on this machine, and it keeps Ray's token auth.
+    (`address="local"`): never one started by someone else on this machine, and it keeps Ray's token auth. It has
+    no dashboard unless `include_dashboard`: a command's cluster lives as long as the command, and starting a
+    dashboard costs about a second of a small machine's CPU.
     Idempotent: does nothing when this process is already connected."""
     global _started_local
     _read_parquet_without_footer_actors()

@@ -49,8 +49,20 @@ def test_two_worker_ddp_learns_on_disjoint_shards_without_extra_allreduce(ray_cl
     assert metrics["allreduce_calls"] == metrics["steps"] * 3
     assert 0.5 < metrics["clean_accuracy"] <= 1 and metrics["robust_accuracy"] <= metrics["clean_accuracy"]
     assert metrics["test_images"] == 500
+    # 800 labels are far from 100,000 images between automatic checkpoints: Ray Train got the last epoch only (it
+    # keeps two, so a checkpoint every epoch would leave two folders).
+    assert len([d for d in (tmp_path / "runs" / "ddp").glob("checkpoint_*") if d.is_dir()]) == 1
     model = build(SPEC)
     model.load_state_dict(weights)
+
+
+def test_automatic_checkpoints_cost_at_most_a_set_amount_of_training():
+    from raydm2.training.ray_trainer import CHECKPOINT_IMAGES, checkpoint_every
+
+    train = ProjectConfig(name="t", pool="p", classes=["a", "b"]).train
+    assert [checkpoint_every(train, rows) for rows in (100, 2000, CHECKPOINT_IMAGES - 1, CHECKPOINT_IMAGES, 10**7)
+            ] == [1000, 50, 2, 1, 1]
+    assert checkpoint_every(train.model_copy(update={"checkpoint_every": 3}), 100) == 3
 
 
 def fail_once_at_epoch(monkeypatch, epoch: int, marker) -> None:
@@ -60,7 +72,7 @@ def fail_once_at_epoch(monkeypatch, epoch: int, marker) -> None:
 
 
 def test_killed_worker_resumes_from_checkpoint(ray_cluster, sample_pools, tmp_path, monkeypatch):
-    config = cfg(sample_pools, epochs=4, num_workers=1)
+    config = cfg(sample_pools, epochs=4, num_workers=1, checkpoint_every=1)
     fail_once_at_epoch(monkeypatch, 2, tmp_path / "failed-once")
     _, metrics = fit(config, labels_for(config.pool, np.arange(200)), str(tmp_path / "runs"),
                      pafs.LocalFileSystem(), "resume", TrainOptions(max_failures=1))
@@ -71,7 +83,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_cluster, sample_pools, tmp_pa
 
 
 def test_rerunning_a_killed_run_resumes_rather_than_restarts(ray_cluster, sample_pools, tmp_path, monkeypatch):
-    config = cfg(sample_pools, epochs=3, num_workers=1, adversarial="off")
+    config = cfg(sample_pools, epochs=3, num_workers=1, adversarial="off", checkpoint_every=1)
     labels = labels_for(config.pool, np.arange(200))
     fail_once_at_epoch(monkeypatch, 2, tmp_path / "killed")
     with pytest.raises(Exception) as failure:

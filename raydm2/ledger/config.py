@@ -83,7 +83,8 @@ class TrainConfig(_Strict):
     augment: bool = True
     num_workers: int = Field(1, gt=0, le=1024)
     use_gpu: bool = False
-    checkpoint_every: int = Field(1, gt=0)
+    # None: every epoch once 100,000 images are trained between two checkpoints, else fewer (at least the last).
+    checkpoint_every: int | None = Field(None, gt=0)
 
 
 class ComputeConfig(_Strict):

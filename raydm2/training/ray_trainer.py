@@ -1,11 +1,14 @@
 """DM2-AT training on Ray Train (SPEC section 4): TorchTrainer, DDP via `prepare_model`, clean + FGSM loss,
-a checkpoint every `checkpoint_every` epochs, automatic resume, and clean/robust evaluation on the test pool."""
+a checkpoint every `checkpoint_every` epochs (by default every epoch once 100,000 images are trained between two;
+smaller rounds checkpoint at the end), automatic resume, and clean/robust evaluation on the test pool."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +23,19 @@ from raydm2.ledger.config import ProjectConfig, TrainConfig
 from raydm2.models.registry import ModelSpec, build
 from raydm2.runtime import started_local
 from raydm2.training import hooks
-from raydm2.training.data import labeled_dataset, load_shard, test_dataset
+from raydm2.training.data import labeled_dataset, load_shard, shard_refs, test_dataset
 from raydm2.training.epochs import accuracy_counts, accuracy_metrics, make_optimizer, train_epochs
 
 STATE_FILE = "state.pt"
+# Images trained between two automatic checkpoints: a restart repeats at most this much work, and a round of a few
+# hundred labels does not pay a checkpoint (and Ray Train's report, which waits for its controller's next poll,
+# 2 s) every epoch.
+CHECKPOINT_IMAGES = 100_000
+
+
+def checkpoint_every(cfg: TrainConfig, rows: int) -> int:
+    """Epochs between checkpoints: `train.checkpoint_every`, or enough epochs for `CHECKPOINT_IMAGES`."""
+    return cfg.checkpoint_every or max(1, -(-CHECKPOINT_IMAGES // max(rows, 1)))
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,8 @@ class TrainJob:
     train: TrainConfig
     seed: int
     threads: int
+    checkpoint_every: int
+    shards: dict  # dataset name -> each rank's block refs (`data.shard_refs`)
 
 
 class _AllReduceCount:
@@ -77,7 +91,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = resumed_from = int(state["epoch"])
 
-    ids, x_all, y_all = load_shard("train")
+    ids, x_all, y_all = load_shard(job.shards["train"][rank])
     hooks.shard_loaded(rank, ids)
 
     relay = loop_config.get("relay")
@@ -91,26 +105,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
             except Exception:  # a progress line is never worth failing a training run over
                 pass
         last = epoch + 1 == cfg.epochs
-        if last and "test" in loop_config["datasets"]:
+        if not last and (epoch + 1) % job.checkpoint_every:
+            return  # the relay has the epoch's figures; Ray Train gets checkpoints only
+        if last and "test" in job.shards:
             # Evaluated before the final report so the metrics travel with the final checkpoint.
-            metrics.update(_evaluate(model, cfg.epsilon, device, world))
-        if last or (epoch + 1) % cfg.checkpoint_every == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                if rank == 0:
-                    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                                "epoch": torch.tensor(epoch + 1)}, os.path.join(tmp, STATE_FILE))
-                ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-                ray.train.report(metrics, checkpoint=ckpt)
-        else:
-            ray.train.report(metrics)
+            metrics.update(_evaluate(model, cfg.epsilon, device, world, job.shards["test"][rank]))
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                            "epoch": torch.tensor(epoch + 1)}, os.path.join(tmp, STATE_FILE))
+            ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+            ray.train.report(metrics, checkpoint=ckpt)
         hooks.epoch_reported(epoch + 1)
 
     train_epochs(model, optimizer, x_all, y_all, cfg, job.seed, rank, device, job.model.channels == 3, start_epoch,
                  report)
 
 
-def _evaluate(model, epsilon: float, device, world: int) -> dict:
-    _, x_test, y_test = load_shard("test")
+def _evaluate(model, epsilon: float, device, world: int, shard: list) -> dict:
+    _, x_test, y_test = load_shard(shard)
     counts = torch.tensor(accuracy_counts(model, x_test, y_test, epsilon, device), dtype=torch.float64)
     if world > 1:
         torch.distributed.all_reduce(counts)
@@ -140,6 +153,28 @@ def _relayed(relay, done: threading.Event, epochs_done: list[int]) -> None:
         progress.note(f"epoch {m['epoch']}/{m['epochs']}: {loss}{m.get('images_per_s') or 0:,.0f} images/s")
 
 
+@contextmanager
+def _controller_settings() -> Iterator[None]:
+    """Ray Train's controller polls its workers every 2 s by default, and a small round waits for that poll twice
+    (its checkpoint's report, its end): poll every 0.5 s unless the user set the interval. The embedded local
+    cluster is never preempted: no preemption-watcher actor there (one process fewer to start). Ray Train passes
+    these variables from the driver's environment to its controller when `fit` starts."""
+    wanted = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    if started_local():
+        wanted["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    saved = {name: os.environ.get(name) for name in wanted}
+    for name, value in wanted.items():
+        os.environ.setdefault(name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _worker_resources(cfg: TrainConfig) -> tuple[dict, int]:
     """CPU per worker and torch threads. On CPU the workers leave a CPU for Ray Data's tasks that feed them
     (workers holding every CPU starve the data pipeline and training hangs)."""
@@ -164,19 +199,22 @@ def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, 
         # A real cluster may have GPU nodes still to come (autoscaling): Ray Train's GPU request starts them.
         raise RayDM2Error("train.use_gpu is true but the Ray cluster has no GPU")
     resources, threads = _worker_resources(tc)
-    job = TrainJob(model=config.model_spec(), train=tc, seed=config.seed, threads=threads)
-    # Materialised before the workers start: the join's shuffle tasks each need a whole CPU, which the workers
-    # would otherwise hold; and a restarted worker group then re-reads blocks instead of re-running the join.
-    datasets = {"train": labeled_dataset(config, labels, counterpart_uris).materialize()}
+    # Rank 0 tells the driver each finished epoch through a queue (an actor needing no CPU), so the driver can
+    # say how training goes while Ray Train's own per-report lines stay off. Made first: its process starts while
+    # the data loads.
+    relay = Queue(actor_options={"num_cpus": 0})
+    # Materialised before the workers start: the decode tasks need CPUs the workers would otherwise hold; and a
+    # restarted worker group then re-reads the same blocks instead of re-running the reads.
+    train = labeled_dataset(config, labels, counterpart_uris).materialize()
+    shards = {"train": shard_refs(train, tc.num_workers)}
     test = test_dataset(config)
     if test is not None:
-        datasets["test"] = test.materialize()
-    # Rank 0 tells the driver each finished epoch through a queue (an actor needing no CPU), so the driver can
-    # say how training goes while Ray Train's own per-report lines stay off.
-    relay = Queue(actor_options={"num_cpus": 0})
+        shards["test"] = shard_refs(test.materialize(), tc.num_workers)
+    job = TrainJob(model=config.model_spec(), train=tc, seed=config.seed, threads=threads,
+                   checkpoint_every=checkpoint_every(tc, train.count()), shards=shards)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job, "datasets": sorted(datasets), "relay": relay},
+        train_loop_config={"job": job, "relay": relay},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -187,13 +225,12 @@ def fit(config: ProjectConfig, labels: pa.Table, storage_path: str, storage_fs, 
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": hooks.environment()},
         ),
-        datasets=datasets,
     )
     done, epochs_done = threading.Event(), [0]
     relaying = threading.Thread(target=_relayed, args=(relay, done, epochs_done), name="raydm2-epochs", daemon=True)
     relaying.start()
     try:
-        with progress.counting("train_s", tc.epochs, lambda: epochs_done[0], unit="epochs"):
+        with progress.counting("train_s", tc.epochs, lambda: epochs_done[0], unit="epochs"), _controller_settings():
             result = trainer.fit()
     finally:
         done.set()
