@@ -200,9 +200,10 @@ def scale(args) -> dict:
 
 
 def startup(args) -> dict:
-    """A small acquisition is mostly fixed cost. Times whole DM2 acquisitions of an `--n`-image pool with Ray
-    Data's Parquet reader V1 (what runtime.connect selects) and V2 (Ray 2.60's default), alternating, after one
-    untimed warm-up acquisition that starts the cluster's workers."""
+    """A small acquisition is mostly fixed cost. Times whole DM2 acquisitions of an `--n`-image pool on a warm
+    embedded cluster (after one untimed warm-up acquisition that starts the cluster's workers), as raydm2 runs them;
+    with `--compare-readers`, Ray Data's Parquet reader V1 (what runtime.connect selects) against V2 (Ray 2.60's
+    default), alternating. Each of the two keeps the other's figures in the file."""
     import ray.data
 
     from raydm2 import runtime
@@ -214,17 +215,28 @@ def startup(args) -> dict:
     runtime.connect(include_dashboard=False)
     cfg = _config(pool_uri, "small_cnn", 1, 28, 25, 256, mode="exact")
     ctx = ray.data.DataContext.get_current()
-    runs = {"v1": [], "v2": []}
-    unlabeled_pool = (cfg.acquire_request(ckpt, 1, np.empty(0, np.int64)),)
-    acquire(*unlabeled_pool)
+    request = cfg.acquire_request(ckpt, 1, np.empty(0, np.int64))
+    acquire(request)
+    readers = ("v2", "v1") if args.compare_readers else ("default",)
+    runs = {reader: [] for reader in readers}
     for _ in range(args.repeats):
-        for reader in ("v2", "v1"):
-            ctx.use_datasource_v2 = reader == "v2"
-            total, result = C.seconds(acquire, *unlabeled_pool)
+        for reader in readers:
+            if reader != "default":
+                ctx.use_datasource_v2 = reader == "v2"
+            total, result = C.seconds(acquire, request)
             runs[reader].append({"total_s": total, **result.timings})
             print(reader, json.dumps(runs[reader][-1]), flush=True)
-    out = {"images": args.n, "repeats": args.repeats, "runs": runs,
-           **{f"{r}_median_total_s": float(np.median([x["total_s"] for x in xs])) for r, xs in runs.items()}}
+    medians = {r: float(np.median([x["total_s"] for x in xs])) for r, xs in runs.items()}
+    path = os.path.join(C.RESULTS, "acquire_startup.json")
+    previous = json.load(open(path)) if os.path.exists(path) else {}
+    if args.compare_readers:
+        out = {**previous, "reader_comparison": {"images": args.n, "repeats": args.repeats, "runs": runs,
+                                                 **{f"{r}_median_total_s": m for r, m in medians.items()},
+                                                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+    else:
+        out = {"images": args.n, "repeats": args.repeats, "runs": runs["default"],
+               "median_total_s": medians["default"],
+               **{k: previous[k] for k in ("reader_comparison", "before") if k in previous}}
     C.save("acquire_startup", out)
     return out
 
@@ -273,6 +285,7 @@ def main():
     q.add_argument("--n", type=int, default=2000)
     q.add_argument("--repeats", type=int, default=3)
     q.add_argument("--workdir")
+    q.add_argument("--compare-readers", action="store_true")
     q.set_defaults(func=startup)
     q = sub.add_parser("summary")
     q.set_defaults(func=summary)

@@ -220,11 +220,17 @@ def acquire_floor(res: Results) -> str:
 STARTUP_READERS = {"v2": "V2 (Ray 2.60's default)", "v1": "V1 (what `runtime.connect` selects)"}
 
 
-def acquire_startup(res: Results) -> str:
-    d = res.json("acquire_startup")
+def acquire_startup_readers(res: Results) -> str:
+    d = res.json("acquire_startup")["reader_comparison"]
     rows = [[label, f"{d[f'{reader}_median_total_s']:.1f} s", ", ".join(stages(r, "/") for r in d["runs"][reader])]
             for reader, label in STARTUP_READERS.items()]
     return table(["Parquet reader", "median total", "embed / index / search / mix+score (s), each run"], "lrl", rows)
+
+
+def acquire_startup(res: Results) -> str:
+    d = res.json("acquire_startup")
+    rows = [[d["measured_at"][:10], f"{d['median_total_s']:.1f} s", ", ".join(stages(r, "/") for r in d["runs"])]]
+    return table(["measured", "median total", "embed / index / search / mix+score (s), each run"], "lrl", rows)
 
 
 TRAIN_RUNS = {"at_1w": "DM2-AT, 1 worker", "plain_1w": "plain, 1 worker", "at_2w": "DM2-AT, 2 workers (DDP, gloo)"}
@@ -502,6 +508,7 @@ TABLES = {
     "acquire_knn": acquire_knn,
     "acquire_floor": acquire_floor,
     "acquire_startup": acquire_startup,
+    "acquire_startup_readers": acquire_startup_readers,
     "train": train,
     "train_round": train_round,
     "select_protocols": select_protocols,

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raydm2.acquisition import AcquireOptions, acquire
+from raydm2.acquisition import AcquireOptions, acquire, ray_engine
 from raydm2.acquisition.local_engine import load_pool
 from raydm2.acquisition.mixing import mix
 from raydm2.data import pool
@@ -40,6 +40,7 @@ def assert_same_selection(got: pa.Table, want: pa.Table):
             assert g.tolist() == w.tolist(), name
 
 
+@pytest.mark.parametrize("partners", ["shared", "joined"])
 @pytest.mark.parametrize(
     "mix_mode, opts",
     [
@@ -47,7 +48,12 @@ def assert_same_selection(got: pa.Table, want: pa.Table):
         ("mean", AcquireOptions(actors=3, batch_size=64, blocks=5)),
     ],
 )
-def test_distributed_selection_equals_reference(ray_cluster, sample_pools, trained_checkpoint, mix_mode, opts):
+def test_distributed_selection_equals_reference(ray_cluster, sample_pools, trained_checkpoint, mix_mode, opts,
+                                                partners, monkeypatch):
+    """Partner images come from the pool shared through the object store (small pools) or through hash joins
+    (pools above `SHARED_IMAGES_MAX_BYTES`): either way, the in-memory engine's selection."""
+    if partners == "joined":
+        monkeypatch.setattr(ray_engine, "SHARED_IMAGES_MAX_BYTES", 0)
     cfg = config(sample_pools["mnist_train"], mix=mix_mode, knn={"mode": "exact"})
     result = acquire(cfg.acquire_request(trained_checkpoint, 1, LABELED), opts)
     assert_same_selection(result.selection, local_selection(cfg, trained_checkpoint, 1, LABELED))

@@ -38,6 +38,10 @@ from raydm2.models import checkpoint
 from raydm2.runtime import ActorPlan, plan_actors
 
 ROWS_PER_JOIN_PARTITION = 50_000
+# A pool whose stored images take at most this many bytes is shared with the mixing tasks through the object store
+# (one copy per node, read in place) instead of being joined to the anchors twice: a hash join starts shuffle
+# actors and moves every image, which dominates a small acquisition.
+SHARED_IMAGES_MAX_BYTES = 256 * 2**20
 
 
 class RayEngine(Engine):
@@ -217,6 +221,11 @@ class RayEngine(Engine):
         return searched
 
     def with_partners(self, searched: Handle, mean: bool) -> Handle:
+        if pool.image_bytes(self.request.pool) <= SHARED_IMAGES_MAX_BYTES:
+            images = _pool_images.remote(self.request.pool)
+            return searched.map_batches(_attach_images, fn_kwargs={"images": [images], "mean": mean,
+                                                                   "spec": self.request.image},
+                                        batch_format="numpy", num_cpus=0.25)
         # At least one join partition per scoring actor, so every actor of the pool gets blocks to score.
         partitions = max(self._plan().size, math.ceil(self.counts["candidates"] / ROWS_PER_JOIN_PARTITION))
         images = self._read_pool()
@@ -310,6 +319,31 @@ def _build_index(embeddings: ray.data.Dataset, n: int, knn: KnnSettings, seed: i
 @ray.remote(num_cpus=0)
 def _describe(index) -> dict:
     return index.describe()
+
+
+@ray.remote(num_cpus=0.25)
+def _pool_images(pool_uri: str) -> tuple[np.ndarray, pa.Array]:
+    """(ids, image bytes) of the whole pool sorted by id: the table `_attach_images` looks anchors and partners up in.
+    Read by a task, so it goes to the object store without passing through the driver."""
+    table = pool.read_columns(pool_uri, ["id", "image"]).sort_by("id")
+    return table.column("id").to_numpy(), table.column("image").combine_chunks()
+
+
+def _attach_images(batch: dict, images: list, mean: bool, spec: ImageSpec) -> dict:
+    """What the joins of `with_partners` add, looked up in the shared pool images (`images[0]`, see `_pool_images`):
+    each anchor's `image`, and its partner's `nbr_image` or, with `mean`, the mean pixels of its k neighbours."""
+    ids, encoded = ray.get(images[0])
+
+    def lookup(wanted: np.ndarray) -> list[bytes]:
+        return encoded.take(pa.array(np.searchsorted(ids, wanted))).to_pylist()
+
+    out = {**batch, "image": np.array(lookup(batch["id"]), dtype=object)}
+    if not mean:
+        return {**out, "nbr_image": np.array(lookup(batch["nbr_id"]), dtype=object)}
+    nbrs = np.asarray(batch["nbr_ids"])
+    pixels = [decode(b, spec) for b in lookup(nbrs.reshape(-1))]
+    k = nbrs.shape[1]
+    return {**out, "partner": np.stack([mean_partner(np.stack(pixels[i * k:(i + 1) * k])) for i in range(len(nbrs))])}
 
 
 def _explode_neighbours(batch: dict) -> dict:

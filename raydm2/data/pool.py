@@ -114,6 +114,18 @@ def read_columns(uri: str, columns: list[str], ids: np.ndarray | None = None) ->
     return ds.to_table(columns=columns, filter=flt)
 
 
+def image_bytes(uri: str) -> int:
+    """Stored bytes of the pool's `image` column, from the Parquet footers (no image is read)."""
+    loc = resolve(uri)
+    total = 0
+    for name in _part_files(loc):
+        with loc.fs.open_input_file(loc.join(name).path) as f:
+            meta = pq.read_metadata(f)
+        column = meta.schema.names.index("image")
+        total += sum(meta.row_group(g).column(column).total_compressed_size for g in range(meta.num_row_groups))
+    return total
+
+
 def part_uris(uri: str) -> list[str]:
     loc = resolve(uri)
     names = _part_files(loc)
