@@ -1,10 +1,11 @@
 """The distributed engine: every operation of `Engine` on Ray Data (SPEC section 5).
 
-    read pool ─ drop excluded ids ─ decode (CPU tasks) ─ model actors (checkpoint loaded once per actor)
+    read pool ─ drop excluded ids ─ model actors (checkpoint loaded once per actor; CPU actors decode the images
+                                    themselves, GPU actors are fed by decode tasks)
 
 then per-block top-B merged on the driver, one gather actor for global algorithms, or DM2's neighbour search
-(index built by one task, searched by actors that each hold it) and the hash joins that bring neighbour pixels to
-their anchor. The driver holds only ids of previously selected images and O(B) candidates: its memory does not
+(index built by one task, searched by actors that each hold it) and the anchor's and partner's images, looked up
+in the pool shared through the object store (small pools) or brought by hash joins. The driver holds only ids of previously selected images and O(B) candidates: its memory does not
 grow with the pool.
 """
 
@@ -28,7 +29,7 @@ from raydm2.acquisition.mixing import DM2Params, mean_partner, unit
 from raydm2.acquisition.model_actors import Embedder
 from raydm2 import progress
 from raydm2.acquisition.request import AcquireOptions, AcquireRequest
-from raydm2.acquisition.tally import Counted, Tally
+from raydm2.acquisition.actor_stage import ActorStage, Tally
 from raydm2.acquisition.topk import TopK
 from raydm2.data import pool
 from raydm2.data.images import ImageSpec, decode, decode_batch
@@ -79,23 +80,29 @@ class RayEngine(Engine):
         return ds.map_batches(decode_batch, fn_kwargs={"spec": self.request.image}, batch_format="numpy",
                               batch_size=self.opts.batch_size, num_cpus=0.5)
 
-    def _map_model(self, ds: ray.data.Dataset, model_fn, count_as: str | None = None, **kwargs) -> ray.data.Dataset:
-        """A `ModelActor` subclass in an actor pool laid out from free resources, or a plain function as tasks.
-        With `count_as`, the actors tell the tally their rows under that stage."""
+    def _map_model(self, ds: ray.data.Dataset, model_fn, count_as: str | None = None, decode: bool = False,
+                   **kwargs) -> ray.data.Dataset:
+        """`ds` through a `ModelActor` subclass in an actor pool laid out from free resources, or through a plain
+        function as tasks. With `decode`, `ds` holds pool rows (`id`, `image` bytes): CPU actors decode them in the
+        same stage, GPU actors get pixels from decode tasks (which keep the CPUs busy while the GPU computes). With
+        `count_as`, the actors tell the tally their rows under that stage."""
         if not isinstance(model_fn, type):
+            ds = self._decode(ds) if decode else ds
             return ds.map_batches(model_fn, fn_kwargs=kwargs, batch_format="numpy", num_cpus=0.25)
         plan = self._plan()
         kwargs = {"checkpoint_uri": self.request.checkpoint, "spec": self.request.model, **kwargs,
                   "threads": plan.threads, "use_gpu": plan.uses_gpu}
-        return self._actor_pool(ds, model_fn, kwargs, count_as, plan, batch_size=self.opts.batch_size)
+        if decode and plan.uses_gpu:
+            ds, decode = self._decode(ds), False
+        return self._actor_pool(ds, model_fn, kwargs, count_as, plan, self.opts.batch_size,
+                                decode=self.request.image if decode else None)
 
     def _actor_pool(self, ds: ray.data.Dataset, fn_class: type, kwargs: dict, count_as: str | None,
-                    plan: ActorPlan, batch_size: int) -> ray.data.Dataset:
-        if count_as is not None:
-            fn_class, kwargs = Counted, {"fn_class": fn_class, "tally": self._tally, "stage": count_as, **kwargs}
+                    plan: ActorPlan, batch_size: int, decode: ImageSpec | None = None) -> ray.data.Dataset:
         return ds.map_batches(
-            fn_class,
-            fn_constructor_kwargs=kwargs,
+            ActorStage,
+            fn_constructor_kwargs={"fn_class": fn_class, "decode": decode, "stage": count_as,
+                                   "tally": self._tally if count_as is not None else None, **kwargs},
             compute=ActorPoolStrategy(size=plan.size),
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus,
@@ -108,9 +115,9 @@ class RayEngine(Engine):
             # Materialised: the result is small (per-block winners) and may be read more than once.
             with self._counting(stage, lambda: self.counts.get("candidates")) as count_as:
                 return self._map_model(on, model_fn, count_as, **kwargs).materialize()
-        ds = self._decode(_restrict(self._read_pool(), excluded=self.request.excluded))
+        ds = _restrict(self._read_pool(), excluded=self.request.excluded)
         with self._counting(stage, lambda: self._rows_left(self.request.excluded)) as count_as:
-            scored = self._map_model(ds, model_fn, count_as, **kwargs).materialize()
+            scored = self._map_model(ds, model_fn, count_as, decode=True, **kwargs).materialize()
         return self._checked(scored, stage, 0)
 
     def embed(self, with_labeled: bool = False):
@@ -156,7 +163,7 @@ class RayEngine(Engine):
             ds = _restrict(self._read_pool(), only=todo)
         with self._counting("embed_s", lambda: len(todo) if cached is not None else self._rows_left(excluded)
                             ) as count_as:
-            ds = self._map_model(self._decode(ds), Embedder, count_as).materialize()
+            ds = self._map_model(ds, Embedder, count_as, decode=True).materialize()
         if cache is not None and ds.count():
             new = _count_rows(ds)
             if new["ok"] == new["finite"]:  # a diverged model's output is refused later and must not be cached
@@ -199,8 +206,9 @@ class RayEngine(Engine):
 
     def gather(self, fn, inputs: dict[str, tuple[Handle, list[str]]], **kwargs):
         actor = Gatherer.remote()
+        blocks = {name: (_blocks(ds, columns), columns) for name, (ds, columns) in inputs.items()}
         try:
-            return ray.get(actor.run.remote(fn, inputs, kwargs))
+            return ray.get(actor.run.remote(fn, blocks, kwargs))
         finally:
             ray.kill(actor)
 
@@ -208,7 +216,8 @@ class RayEngine(Engine):
     def neighbours(self, embedded: Handle, knn: KnnSettings, params: DM2Params) -> Handle:
         n = self.counts["candidates"]
         with self._counting("index_s", lambda: None):
-            index_ref = _build_index.options(num_cpus=1).remote(embedded, n, knn, params.seed, params.round)
+            index_ref = _build_index.options(num_cpus=1).remote(_blocks(embedded, ["id", "z"]), n, knn, params.seed,
+                                                                params.round)
             self.index = ray.get(_describe.remote(index_ref))
         self.lap("index_s")
         plan = self._plan()
@@ -305,12 +314,30 @@ def _add_to_cache(embedded: ray.data.Dataset, cache: Location) -> None:
         staging.delete()
 
 
+def _blocks(ds: ray.data.Dataset, columns: list[str]) -> list:
+    """`ds`'s blocks of `columns`, computed now (from the driver) and handed over as a one-element list holding
+    their refs (Ray does not resolve refs nested in a list). A task or actor that holds a CPU reads these blocks
+    itself: were it to run Ray Data on a lazy dataset, it would wait for CPUs that tasks like it may all be
+    holding (two acquisitions on a 2-CPU cluster deadlocked that way)."""
+    return [ds.select_columns(columns).to_arrow_refs()]
+
+
+def _arrays(blocks: list, columns: list[str]):
+    """The non-empty blocks of `_blocks` as numpy columns, one block at a time."""
+    from ray.data.block import BlockAccessor
+
+    for ref in blocks[0]:
+        table = ray.get(ref)
+        if table.num_rows:
+            yield BlockAccessor.for_block(table).to_numpy(columns)
+
+
 @ray.remote
-def _build_index(embeddings: ray.data.Dataset, n: int, knn: KnnSettings, seed: int, round_: int):
-    """Runs as a task: streams the embeddings (twice for IVF) so the driver never holds them."""
+def _build_index(blocks: list, n: int, knn: KnnSettings, seed: int, round_: int):
+    """Runs as a task: reads the embeddings' blocks (twice for IVF) so the driver never holds them."""
 
     def batches():
-        for b in embeddings.select_columns(["id", "z"]).iter_batches(batch_format="numpy", batch_size=65_536):
+        for b in _arrays(blocks, ["id", "z"]):
             yield b["id"], unit(b["z"])
 
     return build_index(batches, n, knn, seed, round_)
@@ -367,9 +394,9 @@ class Gatherer:
 
     def run(self, fn, inputs: dict, kwargs: dict):
         arrays = {}
-        for name, (ds, columns) in inputs.items():
+        for name, (blocks, columns) in inputs.items():
             parts: dict[str, list] = {c: [] for c in columns}
-            for b in ds.select_columns(columns).iter_batches(batch_format="numpy", batch_size=65_536):
+            for b in _arrays(blocks, columns):
                 for c in columns:
                     parts[c].append(b[c])
             arrays[name] = sorted_by_id({c: np.concatenate(parts[c]) if parts[c] else np.empty(0) for c in columns})
