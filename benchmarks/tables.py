@@ -195,13 +195,13 @@ def setting_label(param: str, value) -> str:
 # Acquisition, training and scale
 
 
-def acquire_knn(res: Results) -> str:
-    d = res.json("acquire_knn")
+def acquire_knn(res: Results, name: str = "acquire_knn") -> str:
+    d = res.json(name)
     rows = []
     for s in d["sweep"]:
-        cells = [str(s["nprobe"]), f"{s['recall_at_10']:.3f}", f"{s['speedup']:.0f}×"]
+        cells = [str(s["nprobe"]), f"{s['recall_at_10']:.4f}", f"{s['search_s']:.2f} s", f"{s['speedup']:.0f}×"]
         rows.append([bold(c) for c in cells] if s["nprobe"] == d["chosen"]["nprobe"] else cells)
-    return table(["nprobe", "recall@10", "speed-up"], "rrr", rows)
+    return table(["nprobe", "recall@10", f"search, {d['queries']:,} queries", "speed-up"], "rrrr", rows)
 
 
 FLOOR_MODELS = {"small_cnn": "small CNN", "resnet18": "resnet18 (CIFAR stem)"}
@@ -506,6 +506,7 @@ def labelstudio_roundtrip(res: Results) -> str:
 
 TABLES = {
     "acquire_knn": acquire_knn,
+    "acquire_knn_1e6": lambda res: acquire_knn(res, "acquire_knn_1e6"),
     "acquire_floor": acquire_floor,
     "acquire_startup": acquire_startup,
     "acquire_startup_readers": acquire_startup_readers,

@@ -51,3 +51,14 @@ def test_ivf_with_exhaustive_probe_matches_exact():
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got_i, exact_i)])
     assert recall > 0.99
     assert all(i not in row for i, row in zip(ids[:300], got_i))
+
+
+def test_default_nprobe_grows_with_nlist_up_to_the_measured_cap():
+    from raydm2.acquisition.knn import NPROBE_CAP
+
+    probes = {n: default_ivf_params(n, 10, None, None, 8, 100_000) for n in (10_000, 200_000, 10**6, 10**8)}
+    assert probes[10_000].nprobe == max(8, probes[10_000].nlist // 16) < NPROBE_CAP
+    # nlist/16 would probe 111 lists at 2·10^5 and 250 at 10^6: every query would scan n/16 vectors.
+    assert [probes[n].nprobe for n in (200_000, 10**6, 10**8)] == [NPROBE_CAP] * 3 == [32] * 3
+    assert probes[10**6].nlist == 4000
+    assert default_ivf_params(10**6, 10, None, 100, 8, 100_000).nprobe == 100  # a user's setting wins
