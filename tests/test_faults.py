@@ -21,11 +21,13 @@ from tests.test_acquire import LABELED, assert_same_selection, config
 
 
 class ActorKiller(threading.Thread):
-    """Kills, by its own pid, each Ray Data pool actor (`_MapWorker`) once it has been alive for `after` s."""
+    """Kills, by its own pid, each Ray Data pool actor (`_MapWorker`) once it has been alive for `after` s. On a warm
+    cluster a pool actor of this small acquisition is alive for well under a second (it is created, scores its
+    batches and goes), so the default kills it the first time it is seen alive, when it has batches to do."""
 
-    def __init__(self, after: float = 1.0, limit: int = 2):
+    def __init__(self, after: float = 0.0, limit: int = 2, every: float = 0.05):
         super().__init__(daemon=True)
-        self.after, self.limit = after, limit
+        self.after, self.limit, self.every = after, limit, every
         self.killed: list[tuple[str, int, float]] = []
         self.stop = threading.Event()
 
@@ -43,7 +45,7 @@ class ActorKiller(threading.Thread):
                     os.kill(int(info["Pid"]), signal.SIGKILL)
                     done.add(actor_id)
                     self.killed.append((actor_id, int(info["Pid"]), time.monotonic()))
-            time.sleep(0.2)
+            time.sleep(self.every)
 
 
 def test_actors_killed_mid_acquisition_do_not_change_the_selection(ray_cluster, sample_pools, trained_checkpoint):
