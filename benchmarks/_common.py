@@ -19,6 +19,12 @@ def machine() -> dict:
             "cuda": torch.cuda.is_available()}
 
 
+def previous(name: str) -> dict:
+    """benchmarks/results/NAME.json as committed, or {} (for a run that keeps another run's figures in the file)."""
+    path = os.path.join(RESULTS, f"{name}.json")
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
 def save(name: str, payload: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")

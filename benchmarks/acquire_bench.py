@@ -231,8 +231,7 @@ def startup(args) -> dict:
             runs[reader].append({"total_s": total, **result.timings})
             print(reader, json.dumps(runs[reader][-1]), flush=True)
     medians = {r: float(np.median([x["total_s"] for x in xs])) for r, xs in runs.items()}
-    path = os.path.join(C.RESULTS, "acquire_startup.json")
-    previous = json.load(open(path)) if os.path.exists(path) else {}
+    previous = C.previous("acquire_startup")
     if args.compare_readers:
         out = {**previous, "reader_comparison": {"images": args.n, "repeats": args.repeats, "runs": runs,
                                                  **{f"{r}_median_total_s": m for r, m in medians.items()},
@@ -246,12 +245,8 @@ def startup(args) -> dict:
 
 
 def summary(args) -> dict:
-    def load(name):
-        path = os.path.join(C.RESULTS, f"{name}.json")
-        return json.load(open(path)) if os.path.exists(path) else {}
-
-    resnet, small, knn, sc = (load("acquire_floor_resnet18"), load("acquire_floor_small_cnn"), load("acquire_knn"),
-                              load("acquire_scale"))
+    resnet, small, knn, sc = (C.previous(name) for name in ("acquire_floor_resnet18", "acquire_floor_small_cnn",
+                                                            "acquire_knn", "acquire_scale"))
     out = {"floor_ratio": resnet.get("floor_ratio"), "floor_ratio_small_cnn": small.get("floor_ratio"),
            "recall_at_10": knn.get("recall_at_10"), "knn_speedup": knn.get("knn_speedup"),
            "rss_ratio_1e6_1e5": sc.get("rss_ratio_1e6_1e5"),

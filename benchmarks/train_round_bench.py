@@ -66,8 +66,7 @@ def main():
                "train_round_s": float(np.median([r["train_round_s"] for r in runs])),
                "command_s": float(np.median([r["command_s"] for r in runs])),
                "clean_accuracy": float(np.mean([r["clean_accuracy"] for r in runs]))}
-    path = os.path.join(C.RESULTS, "train_round.json")
-    previous = json.load(open(path)) if os.path.exists(path) else {}
+    previous = C.previous("train_round")
     if args.record == "before":
         C.save("train_round", {**previous, "before": {**figures, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}})
     else:

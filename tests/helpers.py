@@ -70,10 +70,16 @@ def cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
                             **popen)
 
 
+def _user_env() -> dict:
+    """This environment as a user's shell has it: no RAY_ADDRESS (a command starts its own local cluster), no
+    RAYDM2_LOG."""
+    return {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDM2_LOG")}
+
+
 def run_cli(*args: str, cwd, timeout: int = 600) -> subprocess.CompletedProcess:
     """`raydm2 ARGS` run to completion in `cwd`, as a user types it: no RAY_ADDRESS (its own local cluster), no
     RAYDM2_LOG."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDM2_LOG")}
+    env = _user_env()
     return subprocess.run([sys.executable, "-m", "raydm2", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -87,7 +93,7 @@ def run_cli_on_terminal(*args: str, cwd, timeout: int = 600) -> tuple[int, str, 
     import struct
     import termios
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYDM2_LOG")}
+    env = _user_env()
     terminal, device = pty.openpty()
     fcntl.ioctl(device, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     with tempfile.TemporaryFile() as stdout:
