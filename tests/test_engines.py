@@ -106,16 +106,19 @@ def test_a_strategy_added_as_one_file_runs_on_both_engines_and_through_the_cli(
     assert project.selection(1).column("id").to_pylist() == darkest.tolist()
 
 
+@pytest.mark.parametrize("shards", [None, 3])
 def test_faiss_ivf_through_the_distributed_path_equals_the_in_memory_engine(ray_cluster, small_pool,
-                                                                              trained_checkpoint):
-    """The IVF build task, its hand-off through the object store and the searcher actors, on a pool small enough
-    that `auto` would have chosen exact search."""
+                                                                              trained_checkpoint, shards):
+    """The IVF build tasks, their hand-off through the object store and the searcher actors, on a pool small enough
+    that `auto` would have chosen exact search; with shards, each shard's actors in turn."""
     config = ProjectConfig(name="t", pool=small_pool, classes=CLASSES, seed=3,
-                           strategy={"budget": 20, "knn": {"mode": "ivf"}})
+                           strategy={"budget": 20, "knn": {"mode": "ivf", "shards": shards}})
     excluded = np.arange(100)
     result = acquire(config.acquire_request(trained_checkpoint, 1, excluded),
                      AcquireOptions(actors=2, batch_size=100, blocks=4))
     assert result.index["kind"] == "ivf" and result.index["vectors"] == 700
+    assert result.index["shards"] == len(result.index["shard_vectors"]) == (shards or 1)
+    assert sum(result.index["shard_vectors"]) == 700
     assert result.index["nprobe"] < result.index["nlist"]  # a real approximation, not an exhaustive scan
     assert_same_selection(result.selection, local_selection(config, trained_checkpoint, 1, excluded))
 

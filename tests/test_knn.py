@@ -2,7 +2,8 @@ import numpy as np
 import pickle
 
 from raydm2.acquisition.mixing import combined_distance, nearest, unit
-from raydm2.acquisition.knn import ExactIndex, build_ivf, default_ivf_params
+from raydm2.acquisition.knn import (ExactIndex, KnnSettings, ShardedIndex, build_index, build_ivf,
+                                    default_ivf_params, ivf_bytes, merge_nearest, shard_of)
 
 
 def test_combined_distance_matches_its_definition():
@@ -46,11 +47,63 @@ def test_ivf_with_exhaustive_probe_matches_exact():
     ids = np.arange(4000) * 2 + 1
     exact_i, _ = ExactIndex(ids, z, 0.5).search(ids[:300], z[:300], 10)
     params = default_ivf_params(4000, 10, nlist=32, nprobe=32, shortlist_factor=8, train_sample=2000)
-    ivf = pickle.loads(pickle.dumps(build_ivf(lambda: iter([(ids, z)]), 4000, params, 0.5, seed=0, round_=1)))
+    ivf = pickle.loads(pickle.dumps(build_ivf(lambda: iter([(ids, z)]), params, 0.5, seed=0, round_=1)))
     got_i, got_d = ivf.search(ids[:300], z[:300], 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got_i, exact_i)])
     assert recall > 0.99
     assert all(i not in row for i, row in zip(ids[:300], got_i))
+
+
+def _clustered(n, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dim))
+    return unit((centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32))
+
+
+def test_merge_nearest_is_a_sort_by_distance_then_id_in_any_order():
+    rng = np.random.default_rng(5)
+    parts = [(rng.permutation(100)[:6].reshape(1, 6).repeat(3, 0), rng.integers(0, 3, size=(3, 6)).astype(float))
+             for _ in range(3)]
+    parts[2][0][0, :2] = -1  # a shard short of candidates
+    parts[2][1][0, :2] = np.inf
+    forward = backward = None
+    for p in parts:
+        forward = merge_nearest(forward, p, 5)
+    for p in reversed(parts):
+        backward = merge_nearest(backward, p, 5)
+    ids, dist = (np.concatenate(x, axis=1) for x in zip(*parts))
+    for r in range(3):
+        want = np.lexsort((ids[r], dist[r]))[:5]
+        assert forward[0][r].tolist() == backward[0][r].tolist() == ids[r, want].tolist()
+        assert forward[1][r].tolist() == dist[r, want].tolist()
+
+
+def test_shards_split_the_vectors_by_id_hash_and_search_at_least_as_well_as_one_index():
+    z = _clustered(6000)
+    ids = np.arange(6000) * 3
+    one = build_index(lambda: iter([(ids, z)]), 6000, KnnSettings(mode="ivf", nprobe=4, shortlist_factor=4), seed=1, round_=2)
+    # Too many bytes for one actor: the shard count comes from the size estimate.
+    settings = KnnSettings(mode="ivf", nprobe=4, shortlist_factor=4, index_bytes_per_actor=ivf_bytes(6000, 16) // 3 + 1)
+    sharded = pickle.loads(pickle.dumps(build_index(lambda: iter([(ids, z)]), 6000, settings, seed=1, round_=2)))
+    assert isinstance(sharded, ShardedIndex) and len(sharded.shards) == 3
+    assert sum(sharded.describe()["shard_vectors"]) == 6000 and min(sharded.describe()["shard_vectors"]) > 1500
+    owner = shard_of(ids, 3, 1, 2)
+    for s, shard in enumerate(sharded.shards):
+        assert len(shard) == (owner == s).sum()
+        shard.index.reconstruct_batch(ids[owner == s])  # raises for an id the shard does not hold
+    probes = sharded.shards[0].probe(z[:500])  # what the first shard's searcher hands on to the others
+    for shard in sharded.shards:
+        assert all((a == b).all() for a, b in zip(shard.search(ids[:500], z[:500], 10, probes),
+                                                  shard.search(ids[:500], z[:500], 10)))
+    one_i, one_d = one.search(ids[:500], z[:500], 10)
+    got_i, got_d = sharded.search(ids[:500], z[:500], 10)
+    # Every shard probes the same lists with the same shortlist length over fewer vectors, so the merged shortlist
+    # holds the single index's: no neighbour can be farther than the single index's at the same rank.
+    assert (got_d <= one_d + 1e-12).all() and (got_d < one_d - 1e-12).any()
+    exact_i, _ = ExactIndex(ids, z, 0.5).search(ids[:500], z[:500], 10)
+    recall = lambda found: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact_i)])  # noqa: E731
+    assert recall(got_i) >= recall(one_i)
+    assert all(i not in row for i, row in zip(ids[:500], got_i))
 
 
 def test_default_nprobe_grows_with_nlist_up_to_the_measured_cap():

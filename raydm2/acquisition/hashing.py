@@ -40,6 +40,7 @@ PURPOSE_RANDOM = 7
 PURPOSE_MC_DROPOUT = 8
 PURPOSE_FILL = 10
 PURPOSE_CANDIDATES = 11
+PURPOSE_SHARD = 12
 
 
 def uniform_matrix(ids: np.ndarray, columns: int, seed: int, round_: int, purpose: int = 0) -> np.ndarray:

@@ -1,15 +1,20 @@
 """Combined-distance k-nearest neighbours over unit embeddings: exact brute force or FAISS IVF + exact re-rank.
 
-Both index kinds answer `search(query_ids, query_unit_z, k) -> (neighbour ids, d_c)` with the query itself
+Every index answers `search(query_ids, query_unit_z, k) -> (neighbour ids, d_c)` with the query itself
 excluded and rows sorted nearest first (ties by smaller id). Indexes pickle (FAISS via `serialize_index`) so a
 built index travels through the object store to every search actor without passing through the driver.
+
+An IVF index too big for one search actor (`knn.index_bytes_per_actor`) is split by a hash of the id into shards
+that share one trained coarse quantizer. Each shard keeps its own vectors, so its re-rank is exact; a query visits
+every shard (probing the lists the first shard's quantizer chose for it) and `merge_nearest` keeps the best k of
+their answers, which is the same whatever the shard order.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -17,7 +22,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from raydm2.acquisition.mixing import choose_neighbour, combined_distance, nearest, unit
-from raydm2.acquisition.hashing import PURPOSE_INDEX_SAMPLE, uniform
+from raydm2.acquisition.hashing import PURPOSE_INDEX_SAMPLE, PURPOSE_SHARD, uniform
 from raydm2.acquisition.topk import TopK
 
 QUERY_CHUNK = 256
@@ -38,6 +43,13 @@ class KnnSettings(BaseModel):
     nprobe: int | None = Field(None, gt=0)
     train_sample: int = Field(100_000, gt=0)
     l2_weight: float = Field(0.5, ge=0.0, le=1.0)
+    # What one search actor may hold of an IVF index; a bigger index is split into shards (None: as many as that
+    # takes, from `ivf_bytes`).
+    index_bytes_per_actor: int = Field(2 * 2**30, gt=0)
+    shards: int | None = Field(None, gt=0)
+
+    def exact_for(self, n: int) -> bool:
+        return self.mode == "exact" or (self.mode == "auto" and n <= self.exact_max_anchors)
 
 
 class ExactIndex:
@@ -72,6 +84,29 @@ class IVFParams:
     nprobe: int
     shortlist: int
     train_size: int
+    vectors: int  # in the whole index, every shard together
+    shards: int | None = None  # None until the dimension is known (`train_ivf`)
+    shard: int = 0
+
+
+# Resident bytes of an IVF-Flat index of n d-dimensional vectors held by a search actor: the float32 values, the
+# id beside each in its list, the direct map's hash-table entry and the lists' spare capacity. The shards of
+# benchmarks/results/index_scale.json hold 564 B/vector at d = 128 (this gives 844). Spare capacity depends on
+# how the lists grew, so the estimate errs high to keep every shard under `index_bytes_per_actor`.
+def ivf_bytes(n: int, dim: int) -> int:
+    return int(n * (1.5 * (4 * dim + 8) + 64))
+
+
+def merge_nearest(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray],
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best per row of two (ids, d_c) answers for the same queries, by (distance, id): missing entries
+    (id -1, distance inf) sort last. The order of merging never changes the result."""
+    if a is None:
+        return b
+    ids = np.concatenate([a[0], b[0]], axis=1)
+    dist = np.concatenate([a[1], b[1]], axis=1)
+    order = np.lexsort((ids, dist), axis=1)[:, :k]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
 
 
 class IVFIndex:
@@ -113,32 +148,71 @@ class IVFIndex:
             self._gpu_index.nprobe = self.params.nprobe
         return self._gpu_index is not None
 
-    def search(self, query_ids: np.ndarray, query_z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def probe(self, query_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) of the `nprobe` lists nearest each query: the same for every shard, which share the
+        quantizer, so a sharded search computes them once."""
+        return self.index.quantizer.search(np.ascontiguousarray(query_z, np.float32), self.params.nprobe)
+
+    def search(self, query_ids: np.ndarray, query_z: np.ndarray, k: int,
+               probes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows are min(k, vectors - 1) wide, vectors counting every shard; a shard that has fewer candidates
+        fills its rows with id -1 at distance inf. `probes` (from `probe`) skips the quantizer."""
         self.index.nprobe = self.params.nprobe
-        searcher = self._gpu_index or self.index
         shortlist = max(self.params.shortlist, 4 * k) + 1  # +1: the query itself is usually its own nearest
         q = np.ascontiguousarray(query_z, np.float32)
-        _, cand = searcher.search(q, shortlist)
-        k_eff = min(k, len(self) - 1)
+        k_eff = min(k, self.params.vectors - 1)
+        if probes is None:
+            _, cand = (self._gpu_index or self.index).search(q, max(shortlist, k_eff))
+        else:
+            _, cand = self.index.search_preassigned(q, max(shortlist, k_eff), probes[1], probes[0])
         out_i = np.empty((len(query_ids), k_eff), np.int64)
         out_d = np.empty((len(query_ids), k_eff), np.float64)
         d = q.shape[1]
         for s in range(0, len(query_ids), QUERY_CHUNK):
             c = cand[s:s + QUERY_CHUNK]
             valid = (c >= 0) & (c != query_ids[s:s + QUERY_CHUNK, None])
+            c = np.where(valid, c, -1)
             vecs = self.index.reconstruct_batch(np.where(valid, c, c[valid][0] if valid.any() else 0).reshape(-1))
             vecs = vecs.reshape(c.shape[0], c.shape[1], d).astype(np.float64)
             diff = q[s:s + QUERY_CHUNK, None, :].astype(np.float64) - vecs
             dist = (self.l2_weight * np.sqrt((diff * diff).sum(-1)) + (1 - self.l2_weight) * np.abs(diff).sum(-1)) / d
             dist = np.where(valid, dist, np.inf)
-            for r in range(c.shape[0]):
-                pick = np.lexsort((c[r], dist[r]))[:k_eff]
-                out_i[s + r] = c[r, pick]
-                out_d[s + r] = dist[r, pick]
+            pick = np.lexsort((c, dist), axis=1)[:, :k_eff]
+            out_i[s:s + QUERY_CHUNK] = np.take_along_axis(c, pick, 1)
+            out_d[s:s + QUERY_CHUNK] = np.take_along_axis(dist, pick, 1)
         return out_i, out_d
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "vectors": len(self), **self.params.__dict__}
+        params = {name: value for name, value in self.params.__dict__.items() if name != "shard"}
+        return {"kind": self.kind, **params, "shard_vectors": [len(self)]}
+
+
+class ShardedIndex:
+    """IVF shards held together in one process (the in-memory engine); the Ray engine searches each shard with
+    its own actors instead and merges the same way."""
+
+    kind = "ivf"
+
+    def __init__(self, shards: list[IVFIndex]):
+        self.shards = shards
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    def search(self, query_ids: np.ndarray, query_z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        probes = self.shards[0].probe(query_z)
+        found = None
+        for shard in self.shards:
+            found = merge_nearest(found, shard.search(query_ids, query_z, k, probes), k)
+        return found
+
+    def describe(self) -> dict:
+        return merged_description([s.describe() for s in self.shards])
+
+
+def merged_description(shards: list[dict]) -> dict:
+    """One description of an index from those of its shards (in shard order)."""
+    return {**shards[0], "shard_vectors": [v for d in shards for v in d.get("shard_vectors", [])]}
 
 
 # The default nprobe stops growing with nlist here: recall@10 against exact d_c neighbours was 0.9992 at 2·10^5
@@ -148,7 +222,7 @@ NPROBE_CAP = 32
 
 
 def default_ivf_params(n: int, k: int, nlist: int | None, nprobe: int | None, shortlist_factor: int,
-                       train_sample: int) -> IVFParams:
+                       train_sample: int, shards: int | None = None) -> IVFParams:
     nlist = nlist or int(min(65_536, max(16, 4 * math.sqrt(n))))
     nlist = min(nlist, max(1, n // 39))  # FAISS wants ≥ 39 training points per list
     return IVFParams(
@@ -156,6 +230,8 @@ def default_ivf_params(n: int, k: int, nlist: int | None, nprobe: int | None, sh
         nprobe=min(nlist, nprobe or max(8, min(nlist // 16, NPROBE_CAP))),
         shortlist=shortlist_factor * k,
         train_size=min(n, max(train_sample, 39 * nlist)),
+        vectors=n,
+        shards=shards,
     )
 
 
@@ -167,18 +243,13 @@ def build_exact(batches: Iterable[tuple[np.ndarray, np.ndarray]], l2_weight: flo
     return ExactIndex(np.concatenate(ids), np.concatenate(zs), l2_weight)
 
 
-def build_ivf(
-    batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
-    n: int,
-    params: IVFParams,
-    l2_weight: float,
-    seed: int,
-    round_: int,
-) -> IVFIndex:
-    """Two streaming passes over (ids, unit z): pick the seeded training sample, then train and add everything.
+def train_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], params: IVFParams, l2_weight: float,
+              seed: int, round_: int, index_bytes_per_actor: int = 2 * 2**30) -> IVFIndex:
+    """An empty IVF index with its coarse quantizer trained, from one streaming pass over (ids, unit z), and
+    `params.shards` settled now that the dimension is known.
 
-    The sample is the `train_size` ids with the best hash scores, so it does not depend on how the embeddings
-    are split into batches; memory holds only the sample plus FAISS's own index.
+    The training sample is the `train_size` ids with the best hash scores, so it does not depend on how the
+    embeddings are split into batches; memory holds only the sample.
     """
     import faiss
 
@@ -194,29 +265,65 @@ def build_ivf(
     index = faiss.IndexIVFFlat(quantizer, dim, params.nlist, faiss.METRIC_L2)
     index.cp.seed = seed
     index.train(train)
+    shards = params.shards or math.ceil(ivf_bytes(params.vectors, dim) / index_bytes_per_actor)
+    return IVFIndex(index, replace(params, shards=shards), l2_weight)
+
+
+def shard_of(ids: np.ndarray, shards: int, seed: int, round_: int) -> np.ndarray:
+    return (uniform(ids, seed, round_, PURPOSE_SHARD) * shards).astype(np.int64)
+
+
+def fill_shard(trained: IVFIndex, batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], shard: int,
+               seed: int, round_: int) -> IVFIndex:
+    """Shard `shard` of a trained index: a copy of it holding the vectors whose id hashes to that shard (all of
+    them when there is one shard), from one streaming pass."""
+    import faiss
+
+    index = faiss.clone_index(trained.index)
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    shards = trained.params.shards
     for ids, z in batches():
+        if shards > 1:
+            mine = shard_of(ids, shards, seed, round_) == shard
+            ids, z = ids[mine], z[mine]
         index.add_with_ids(np.ascontiguousarray(z, np.float32), np.asarray(ids, np.int64))
-    index.nprobe = params.nprobe
-    return IVFIndex(index, params, l2_weight)
+    index.nprobe = trained.params.nprobe
+    return IVFIndex(index, replace(trained.params, shard=shard), trained.l2_weight)
+
+
+def build_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], params: IVFParams, l2_weight: float,
+              seed: int, round_: int, index_bytes_per_actor: int = 2 * 2**30) -> IVFIndex | ShardedIndex:
+    """Train, then fill every shard: 1 + shards streaming passes over `batches()`."""
+    trained = train_ivf(batches, params, l2_weight, seed, round_, index_bytes_per_actor)
+    shards = [fill_shard(trained, batches, s, seed, round_) for s in range(trained.params.shards)]
+    return shards[0] if len(shards) == 1 else ShardedIndex(shards)
+
+
+def ivf_params(n: int, knn: KnnSettings) -> IVFParams:
+    return default_ivf_params(n, knn.k, knn.nlist, knn.nprobe, knn.shortlist_factor, knn.train_sample, knn.shards)
 
 
 def build_index(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], n: int, knn: KnnSettings,
-                seed: int, round_: int) -> ExactIndex | IVFIndex:
+                seed: int, round_: int) -> ExactIndex | IVFIndex | ShardedIndex:
     """The index of the `n` unit embeddings `batches()` yields: exact up to `knn.exact_max_anchors` rows (or as
-    `knn.mode` says), IVF above. Both engines build it with this function, so they search the same index."""
-    if knn.mode == "exact" or (knn.mode == "auto" and n <= knn.exact_max_anchors):
+    `knn.mode` says), IVF above. Both engines build it from these functions, so they search the same index."""
+    if knn.exact_for(n):
         return build_exact(batches(), knn.l2_weight)
-    params = default_ivf_params(n, knn.k, knn.nlist, knn.nprobe, knn.shortlist_factor, knn.train_sample)
-    return build_ivf(batches, n, params, knn.l2_weight, seed, round_)
+    return build_ivf(batches, ivf_params(n, knn), knn.l2_weight, seed, round_, knn.index_bytes_per_actor)
 
 
 class NeighbourSearcher:
-    """Holds one copy of the index and answers kNN for batches of anchors, then picks each anchor's mixing partner
-    by hash. In the Ray engine it is a pool actor that fetches the index from the object store once (`index` is
-    then a one-element list holding the ObjectRef, which Ray Data does not resolve inside constructor arguments)."""
+    """Holds one copy of the index (or of one shard) and answers kNN for batches of anchors. In the Ray engine it is
+    a pool actor that fetches the index from the object store once (`index` is then a one-element list holding the
+    ObjectRef, which Ray Data does not resolve inside constructor arguments).
 
-    def __init__(self, index, params, threads: int):
+    A shard's searcher gets from the batch what earlier shards found: the lists to probe (`probe`, `probe_d`, from
+    the first shard's quantizer) and the best k so far (`nbr_ids`/`nbr_dists`), which it merges with its own. The
+    last searcher (`choose`) picks each anchor's mixing partner by hash and drops the embeddings and probes; the
+    others keep them for the next shard.
+    """
+
+    def __init__(self, index, params, threads: int, choose: bool = True):
         import faiss
 
         faiss.omp_set_num_threads(max(1, threads))
@@ -228,10 +335,20 @@ class NeighbourSearcher:
         if isinstance(self.index, IVFIndex):
             self.index.use_gpu_if_available()
         self.params = params
+        self.choose = choose
 
     def __call__(self, batch: dict) -> dict:
-        ids = batch["id"]
-        nbr_ids, nbr_d = self.index.search(ids, unit(batch["z"]), self.params.k)
+        ids, z = batch["id"], unit(batch["z"])
+        if isinstance(self.index, IVFIndex) and self.index.params.shards > 1:
+            probes = (batch["probe_d"], batch["probe"]) if "probe" in batch else self.index.probe(z)
+            found = self.index.search(ids, z, self.params.k, probes)
+        else:
+            probes, found = None, self.index.search(ids, z, self.params.k)
+        if "nbr_ids" in batch:
+            found = merge_nearest((batch["nbr_ids"], batch["nbr_dists"]), found, self.params.k)
+        nbr_ids, nbr_d = found
+        if not self.choose:
+            return {**batch, "nbr_ids": nbr_ids, "nbr_dists": nbr_d, "probe_d": probes[0], "probe": probes[1]}
         chosen, chosen_d = choose_neighbour(ids, nbr_ids, nbr_d, self.params)
         return {"id": ids, "conf": batch["conf"], "nbr_ids": nbr_ids, "nbr_dists": nbr_d,
                 "nbr_id": chosen, "nbr_dist": chosen_d}

@@ -4,7 +4,7 @@
                                     themselves, GPU actors are fed by decode tasks)
 
 then per-block top-B merged on the driver, one gather actor for global algorithms, or DM2's neighbour search
-(index built by one task, searched by actors that each hold it) and the anchor's and partner's images, looked up
+(index built by tasks, searched by actors that each hold it or, at scale, one shard of it) and the anchor's and partner's images, looked up
 in the pool shared through the object store (small pools) or brought by hash joins. The driver holds only ids of previously selected images and O(B) candidates: its memory does not
 grow with the pool.
 """
@@ -24,7 +24,8 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from raydm2.acquisition.engine import Engine, Handle, sorted_by_id
-from raydm2.acquisition.knn import KnnSettings, NeighbourSearcher, build_index
+from raydm2.acquisition.knn import (IVFParams, KnnSettings, NeighbourSearcher, build_exact, fill_shard,
+                                    ivf_params, merged_description, train_ivf)
 from raydm2.acquisition.mixing import DM2Params, mean_partner, unit
 from raydm2.acquisition.model_actors import Embedder
 from raydm2 import progress
@@ -215,17 +216,29 @@ class RayEngine(Engine):
     # ---- DM2's neighbours and partner pixels -------------------------------------------------------------
     def neighbours(self, embedded: Handle, knn: KnnSettings, params: DM2Params) -> Handle:
         n = self.counts["candidates"]
+        blocks = _blocks(embedded, ["id", "z"])
         with self._counting("index_s", lambda: None):
-            index_ref = _build_index.options(num_cpus=1).remote(_blocks(embedded, ["id", "z"]), n, knn, params.seed,
-                                                                params.round)
-            self.index = ray.get(_describe.remote(index_ref))
+            if knn.exact_for(n):
+                index_refs = [_build_exact.options(num_cpus=1).remote(blocks, knn.l2_weight)]
+            else:
+                trained = _train_ivf.options(num_cpus=1).remote(blocks, ivf_params(n, knn), knn.l2_weight,
+                                                                params.seed, params.round, knn.index_bytes_per_actor)
+                shards = ray.get(_shards.remote(trained))
+                index_refs = [_fill_shard.options(num_cpus=1).remote(trained, blocks, s, params.seed, params.round)
+                              for s in range(shards)]
+            self.index = merged_description(ray.get([_describe.remote(r) for r in index_refs]))
         self.lap("index_s")
         plan = self._plan()
-        with self._counting("search_s", lambda: n) as count_as:
-            searched = self._actor_pool(embedded, NeighbourSearcher,
-                                        {"index": [index_ref], "params": params, "threads": plan.threads},
-                                        count_as, plan, batch_size=max(self.opts.batch_size, 1024)).materialize()
-        del index_ref
+        searched, visits = embedded, n * len(index_refs)
+        with self._counting("search_s", lambda: visits) as count_as:
+            # One shard's actors at a time: each holds only its shard, and the batches carry the best k so far on
+            # to the next shard's actors.
+            for s, ref in enumerate(index_refs):
+                searched = self._actor_pool(
+                    searched, NeighbourSearcher,
+                    {"index": [ref], "params": params, "threads": plan.threads, "choose": s == len(index_refs) - 1},
+                    count_as, plan, batch_size=max(self.opts.batch_size, 1024)).materialize()
+        del index_refs
         self.lap("search_s")
         return searched
 
@@ -332,15 +345,34 @@ def _arrays(blocks: list, columns: list[str]):
             yield BlockAccessor.for_block(table).to_numpy(columns)
 
 
-@ray.remote
-def _build_index(blocks: list, n: int, knn: KnnSettings, seed: int, round_: int):
-    """Runs as a task: reads the embeddings' blocks (twice for IVF) so the driver never holds them."""
+def _unit_batches(blocks: list):
+    """Streams (ids, unit z) from the embeddings' blocks, so the index tasks read them and the driver never does."""
 
     def batches():
         for b in _arrays(blocks, ["id", "z"]):
             yield b["id"], unit(b["z"])
 
-    return build_index(batches, n, knn, seed, round_)
+    return batches
+
+
+@ray.remote
+def _build_exact(blocks: list, l2_weight: float):
+    return build_exact(_unit_batches(blocks)(), l2_weight)
+
+
+@ray.remote
+def _train_ivf(blocks: list, params: IVFParams, l2_weight: float, seed: int, round_: int, max_bytes: int):
+    return train_ivf(_unit_batches(blocks), params, l2_weight, seed, round_, max_bytes)
+
+
+@ray.remote(num_cpus=0)
+def _shards(trained) -> int:
+    return trained.params.shards
+
+
+@ray.remote
+def _fill_shard(trained, blocks: list, shard: int, seed: int, round_: int):
+    return fill_shard(trained, _unit_batches(blocks), shard, seed, round_)
 
 
 @ray.remote(num_cpus=0)
