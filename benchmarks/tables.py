@@ -254,16 +254,70 @@ def train_round(res: Results) -> str:
 def acquire_scale(res: Results) -> str:
     rows = []
     for r in res.json("acquire_scale")["runs"]:
-        n = r["images"]
-        power = len(str(n)) - 1
-        size = f"10^{power}" if 10 ** power == n else f"{n:,}"
         ix = r["index"]
         index = "exact" if ix["kind"] == "exact" else f"IVF nlist {ix['nlist']:,}, nprobe {ix['nprobe']:,}"
-        rows.append([size, f"{r['total_s']:,.0f} s", f"{r['s_per_image'] * 1000:.1f} ms",
+        rows.append([_power(r["images"]), f"{r['total_s']:,.0f} s", f"{r['s_per_image'] * 1000:.1f} ms",
                      f"{r['driver_peak_rss_mib']:,.0f} MiB ({r['driver_rss_before_mib']:,.0f})", stages(r["timings"]),
                      index])
     return table(["images", "total", "per image", "driver peak RSS (before)", "embed / index / search / mix+score (s)",
                   "index"], "rrrrll", rows)
+
+
+def _power(n: int) -> str:
+    power = len(str(n)) - 1
+    return f"10^{power}" if 10 ** power == n else f"{n:,}"
+
+
+def gib(x: float) -> str:
+    return f"{x / 2**30:.2f} GiB"
+
+
+def index_scale(res: Results) -> str:
+    d = res.json("index_scale")
+    rows = [[_power(d["vectors"]), str(d["dim"]), f"{d['nlist']:,} / {d['nprobe']} / {d['shortlist']}",
+             f"{d['shards']} ({', '.join(format(r['vectors'], ',') for r in d['shard_rows'])})",
+             f"{gib(d['bytes_per_actor'])} (limit {gib(d['index_bytes_per_actor_limit'])})",
+             f"{d['train_s']:,.0f} + {d['fill_s']:,.0f} s", f"{d['search_ms_per_query']:.2f} ms",
+             f"{d['recall_at_10']:.4f}"]]
+    return table(["vectors", "d", "nlist / nprobe / shortlist", "shards (vectors each)", "held per search actor",
+                  "build (train + fill)", "search per query", "recall@10"], "rrrlrrrr", rows)
+
+
+def _default_nlist(n: int) -> int:
+    # raydm2/acquisition/knn.py default_ivf_params, for n far above 39 * nlist.
+    return int(min(65_536, max(16, 4 * n ** 0.5)))
+
+
+def _search_work(n: int, shards: int, nlist: int, nprobe: int, shortlist: int) -> float:
+    """Vectors compared per query: the quantizer (once: the first shard hands its probes on), the probed lists,
+    every shard's re-rank."""
+    return nlist + nprobe * n / nlist + shards * shortlist
+
+
+def index_1e8(res: Results) -> str:
+    """10^8 vectors by arithmetic on index_scale.json: bytes per vector (measured, the values scaled with d),
+    build cost as n·nlist·d (train: train size·nlist·d), search per query as `_search_work`·d."""
+    d = res.json("index_scale")
+    n0, dim0, limit = d["vectors"], d["dim"], d["index_bytes_per_actor_limit"]
+    overhead = d["resident_bytes_per_vector"] - 4 * dim0  # id, direct map entry, spare list capacity
+    work0 = _search_work(n0, d["shards"], d["nlist"], d["nprobe"], d["shortlist"])
+    rows = []
+    for dim in (dim0, 512):
+        n = 10 ** 8
+        per_vector = 4 * dim + overhead
+        shards = -(-int(n * per_vector) // limit)
+        nlist = _default_nlist(n)
+        train_s = d["train_s"] * (39 * nlist * nlist) / (d["train_size"] * d["nlist"]) * dim / dim0
+        fill_s = d["fill_s"] * (n * nlist) / (n0 * d["nlist"]) * dim / dim0
+        query_s = d["search_ms_per_query"] / 1000 * _search_work(n, shards, nlist, d["nprobe"], d["shortlist"]) / work0
+        query_s *= dim / dim0
+        cores = d["machine"]["cpus"]
+        rows.append([_power(n), str(dim), f"{n * per_vector / 1e9:,.0f} GB", f"{shards} × ≤ {gib(limit)}",
+                     f"{nlist:,}", f"{(train_s + fill_s) * cores / 3600:,.1f}", f"{query_s * 1000:.2f} ms",
+                     f"{query_s * n * cores / 3600:,.0f}"])
+    return table(["vectors", "d", "index in all", "search actors", "nlist", "build (core-hours)",
+                  f"search per query ({d['machine']['cpus']} cores)", "search of every anchor (core-hours)"],
+                 "rrrrrrrr", rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -519,6 +573,8 @@ TABLES = {
     "ablation_mnist": lambda res: ablation_table(res, "mnist", robust=True),
     "ablation_fashion_mnist": lambda res: ablation_table(res, "fashion_mnist", robust=False),
     "acquire_scale": acquire_scale,
+    "index_scale": index_scale,
+    "index_1e8": index_1e8,
     "real_pools": real_pools,
     "real_pools_pretrained": real_pools_pretrained,
     "labelstudio_roundtrip": labelstudio_roundtrip,
