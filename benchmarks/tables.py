@@ -263,6 +263,15 @@ def acquire_scale(res: Results) -> str:
                   "index"], "rrrrll", rows)
 
 
+def acquire_scale_recall(res: Results) -> str:
+    r = res.json("acquire_scale")["recall"]
+    ix = r["index"]
+    rows = [[f"{ix['nprobe']} (default)", str(ix["shortlist"]), f"{r['recall_at_10']:.4f}"]]
+    rows += [[str(s["nprobe"]), str(s["shortlist"]), f"{s['recall_at_10']:.4f}"] for s in r["sweep"]]
+    return table(["nprobe", "shortlist", f"recall@10, {r['anchors']:,} anchors of the {_power(r['images'])} pool"],
+                 "rrr", rows)
+
+
 def _power(n: int) -> str:
     power = len(str(n)) - 1
     return f"10^{power}" if 10 ** power == n else f"{n:,}"
@@ -573,6 +582,7 @@ TABLES = {
     "ablation_mnist": lambda res: ablation_table(res, "mnist", robust=True),
     "ablation_fashion_mnist": lambda res: ablation_table(res, "fashion_mnist", robust=False),
     "acquire_scale": acquire_scale,
+    "acquire_scale_recall": acquire_scale_recall,
     "index_scale": index_scale,
     "index_1e8": index_1e8,
     "real_pools": real_pools,
