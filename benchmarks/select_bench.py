@@ -4,6 +4,8 @@
     python benchmarks/select_bench.py run --protocol fashion_mnist --data-root ../shared/data
     python benchmarks/select_bench.py run --protocol cifar10_cpu --data-root ../shared/data
     python benchmarks/select_bench.py ablation --protocol mnist --data-root ../shared/data
+    python benchmarks/select_bench.py ablation --protocol mnist --split validation --lams 0.5 0.8 --ks 10 \
+        --mixes random      # tuning: evaluated on 2,000 images carved out of the train subset, never the test
 
 Pools: MNIST-family runs use a seeded 10,000-image subset of train and a seeded 2,000-image subset of test (every
 round evaluates clean and FGSM accuracy, and on 2 cores the full 10,000 cost more than the training); CIFAR-10
@@ -55,34 +57,47 @@ PROTOCOLS: dict[str, dict] = {
 LAMS, KS, MIXES = [0.5, 0.6, 0.7, 0.8, 0.9], [5, 10, 20], ["random", "mean", "adaptive"]
 SUBSET = 10_000
 TEST_SUBSET = 2_000
+VALIDATION_SUBSET = 2_000
 RECORDS = os.path.join(C.RESULTS, "runs")
 
 
-def pools(dataset: str, data_root: str, workdir: str) -> tuple[str, str]:
-    """(train subset pool, test pool), ingested once into workdir from the original files."""
+def _arrays(dataset: str, data_root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train x, y, test x, y) of a protocol: the seeded subsets of the original files."""
     from raydm2.data import ingest
-    from raydm2.data import pool
 
-    train, test = (os.path.join(workdir, "pools", dataset, name) for name in ("train", "test"))
-    if os.path.exists(test):
-        return train, test
     if dataset == "cifar10":
         with np.load(os.path.join(data_root, "cifar10", "cifar10_subset.npz"), allow_pickle=False) as d:
-            x_train, y_train, x_test, y_test = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
-    else:
-        root = os.path.join(data_root, dataset)
-        x_train, y_train = ingest.load_idx_pair(os.path.join(root, "train-images-idx3-ubyte.gz"),
-                                                os.path.join(root, "train-labels-idx1-ubyte.gz"))
-        x_test, y_test = ingest.load_idx_pair(os.path.join(root, "t10k-images-idx3-ubyte.gz"),
-                                              os.path.join(root, "t10k-labels-idx1-ubyte.gz"))
-        rng = np.random.default_rng(0)
-        keep = np.sort(rng.choice(len(x_train), SUBSET, replace=False))
-        x_train, y_train = x_train[keep], y_train[keep]
-        keep = np.sort(rng.choice(len(x_test), TEST_SUBSET, replace=False))
-        x_test, y_test = x_test[keep], y_test[keep]
+            return d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+    root = os.path.join(data_root, dataset)
+    x_train, y_train = ingest.load_idx_pair(os.path.join(root, "train-images-idx3-ubyte.gz"),
+                                            os.path.join(root, "train-labels-idx1-ubyte.gz"))
+    x_test, y_test = ingest.load_idx_pair(os.path.join(root, "t10k-images-idx3-ubyte.gz"),
+                                          os.path.join(root, "t10k-labels-idx1-ubyte.gz"))
+    rng = np.random.default_rng(0)
+    keep = np.sort(rng.choice(len(x_train), SUBSET, replace=False))
+    test = np.sort(rng.choice(len(x_test), TEST_SUBSET, replace=False))
+    return x_train[keep], y_train[keep], x_test[test], y_test[test]
+
+
+def pools(dataset: str, data_root: str, workdir: str, split: str = "test") -> tuple[str, str]:
+    """(pool, evaluation pool), ingested once into workdir from the original files. With split "test" the pool is
+    the train subset and evaluation is on the test subset the tables report. With "validation" (for tuning),
+    VALIDATION_SUBSET seeded images are carved out of the train subset: the pool is the rest and evaluation is on
+    them, so nothing tuned this way has seen the test subset."""
+    from raydm2.data import pool
+
+    names = ("train", "test") if split == "test" else ("train_fit", "validation")
+    train, held_out = (os.path.join(workdir, "pools", dataset, name) for name in names)
+    if os.path.exists(held_out):
+        return train, held_out
+    x_train, y_train, x_test, y_test = _arrays(dataset, data_root)
+    if split == "validation":
+        val = np.zeros(len(x_train), bool)
+        val[np.random.default_rng(1).choice(len(x_train), VALIDATION_SUBSET, replace=False)] = True
+        x_train, y_train, x_test, y_test = x_train[~val], y_train[~val], x_train[val], y_train[val]
     pool.append_arrays(train, x_train, y_train, f"{dataset}:train")
-    pool.append_arrays(test, x_test, y_test, f"{dataset}:test")
-    return train, test
+    pool.append_arrays(held_out, x_test, y_test, f"{dataset}:{names[1]}")
+    return train, held_out
 
 
 def _base(protocol: dict, train: str, test: str, extra: dict | None = None):
@@ -101,17 +116,27 @@ def _plan(protocol: dict, base, strategies, args):
 
 
 def _workdir_name(prefix: str, args) -> str:
-    """Scratch and records folder of a protocol; runs cut to fewer rounds keep their own."""
-    return f"{prefix}-{args.engine}" + (f"-rounds{args.rounds}" if args.rounds else "")
+    """Scratch and records folder of a protocol; runs cut to fewer rounds, or on the validation split, keep their
+    own."""
+    return (f"{prefix}-{args.engine}" + (f"-rounds{args.rounds}" if args.rounds else "")
+            + ("-validation" if args.split == "validation" else ""))
 
 
 def _result_name(prefix: str, args, whole_set: bool) -> str:
     """`prefix` for the whole protocol (3+ seeds, every round, every strategy or setting); a partial run's name says
     how it falls short, so partial runs of different shapes do not overwrite each other."""
+    prefix += "_validation" if args.split == "validation" else ""
     short = [f"rounds{args.rounds}"] if args.rounds else []
     short += [f"seeds{len(args.seeds)}"] if len(args.seeds) < 3 else []
     short += [] if whole_set else ["subset"]
     return "_".join([prefix, *short, "partial"]) if short else prefix
+
+
+def _split_sizes(split: str) -> dict:
+    if split == "test":
+        return {"evaluated_on": "test", "pool_subset": SUBSET, "test_subset": TEST_SUBSET}
+    return {"evaluated_on": "validation", "pool_subset": SUBSET - VALIDATION_SUBSET,
+            "validation_subset": VALIDATION_SUBSET}
 
 
 def _connect(args) -> None:
@@ -127,14 +152,14 @@ def run(args) -> dict:
     protocol = PROTOCOLS[args.protocol]
     folder = _workdir_name(args.protocol, args)
     work = os.path.join(args.workdir, folder)
-    train, test = pools(protocol["dataset"], args.data_root, args.workdir)
+    train, test = pools(protocol["dataset"], args.data_root, args.workdir, args.split)
     _connect(args)
     plan = _plan(protocol, _base(protocol, train, test), args.strategies, args)
     report = simulate(plan, work, title=f"{args.protocol}: {len(args.seeds)} seeds",
                       records=os.path.join(args.records, folder))
     summary = report["summary"]
     out = {"protocol": args.protocol, "engine": args.engine, "settings": protocol, "seeds": args.seeds,
-           "pool_subset": SUBSET, "test_subset": TEST_SUBSET,
+           **_split_sizes(args.split),
            "aubc": {k: v["aubc"] for k, v in summary.items()},
            "final_accuracy": {k: v["final_accuracy"] for k, v in summary.items()},
            "summary": summary}
@@ -149,7 +174,7 @@ def ablation(args) -> dict:
     from raydm2.service.simulate import simulate
 
     protocol = PROTOCOLS[args.protocol]
-    train, test = pools(protocol["dataset"], args.data_root, args.workdir)
+    train, test = pools(protocol["dataset"], args.data_root, args.workdir, args.split)
     _connect(args)
     variants = [("lam", v, {"strategy": {"lam": v}}) for v in args.lams] + \
                [("k", v, {"strategy": {"knn": {"k": v}}}) for v in args.ks] + \
@@ -173,7 +198,7 @@ def ablation(args) -> dict:
         print(json.dumps(rows[-1]), flush=True)
     grid = ((args.lams, LAMS), (args.ks, KS), (args.mixes, MIXES))
     name = _result_name(f"ablation_{args.protocol}", args, all(sorted(got) == sorted(full) for got, full in grid))
-    out = {"protocol": args.protocol, "engine": args.engine, "seeds": args.seeds,
+    out = {"protocol": args.protocol, "engine": args.engine, "seeds": args.seeds, **_split_sizes(args.split),
            "rounds": args.rounds or protocol["rounds"], "partial": name.endswith("_partial"), "rows": rows}
     C.save(name, out)
     return out
@@ -190,6 +215,9 @@ def main():
         q.add_argument("--records", default=RECORDS, help="finished runs' records, resumed from (default: %(default)s)")
         q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         q.add_argument("--rounds", type=int, help="override the protocol's round count (smoke runs)")
+        q.add_argument("--split", choices=["test", "validation"], default="test",
+                       help="evaluate on the test subset (the tables) or on a validation split carved from the "
+                            "train subset (tuning)")
         q.add_argument("--engine", choices=["local", "ray"], default="local",
                        help="local (default): each round in one process, same selections as the pipeline; "
                             "ray: each run a project through Ray Train and the distributed acquisition")

@@ -443,7 +443,7 @@ def select_table(res: Results, name: str) -> str:
     d = res.json(f"select_{name}")
     s = d["settings"]
     folder = f"{name}-{d['engine']}"
-    dm2 = dm2_settings(s["preset"])
+    dm2 = dm2_ran_with(res, name)
     labels = s["initial"] + s["per_round"] * s["rounds"]
     order = sorted(d["summary"], key=lambda k: -d["summary"][k]["aubc"]["mean"])
     rows = []
@@ -452,7 +452,9 @@ def select_table(res: Results, name: str) -> str:
         acquire = f1(m["acquire_s_per_round"]["mean"])
         if (name, strategy) in ACQUIRE_NOTES:
             acquire += f" ({ACQUIRE_NOTES[name, strategy]})"
-        rows.append([f"{bold('dm2')} {_dm2_label(dm2)}" if strategy == "dm2" else strategy, pm(m["aubc"]),
+        label = _dm2_label(dm2) if _preset_note(res, name, dm2) == "the preset" else _dm2_label(dm2)[:-1] + ", " + \
+            _preset_note(res, name, dm2) + ")"
+        rows.append([f"{bold('dm2')} {label}" if strategy == "dm2" else strategy, pm(m["aubc"]),
                      pm(m["robust_aubc"]), pm(m["final_accuracy"]), pm(m["final_robust_accuracy"]),
                      ", ".join(f"{x:.3f}" for x in _per_seed(res, folder, strategy, d["seeds"])), acquire,
                      _earlier(res, name, strategy, dm2)])
@@ -462,17 +464,29 @@ def select_table(res: Results, name: str) -> str:
 
 def _preset_setting(res: Results, name: str, rows: list[dict]) -> dict:
     """The sweep's starting point: for each parameter, the value with no records folder of its own (the protocol's
-    own DM2 runs stand for it). Checked against the preset the protocol names."""
+    own DM2 runs stand for it). It is the preset as it was when the protocol ran, which may since have changed."""
     folder = f"ablation-{name}-{res.json(f'ablation_{name}')['engine']}"
     start = {}
     for r in rows:
         if not res.has_records(f"{folder}/{r['param']}={r['value']}"):
             assert r["param"] not in start, (name, r)
             start[r["param"]] = r["value"]
-    named = dm2_settings(res.json(f"select_{name}")["settings"]["preset"])
-    if start != named:
-        raise ValueError(f"ablation_{name}: the records' starting point {start} is not the preset's {named}")
+    if set(start) != set(PARAM_LABEL):
+        raise ValueError(f"ablation_{name}: the records give no starting point for {set(PARAM_LABEL) - set(start)}")
     return start
+
+
+def dm2_ran_with(res: Results, name: str) -> dict:
+    """λ, k and mix of a protocol's own DM2 runs: the ablation's starting point where the protocol has a sweep,
+    otherwise its preset's."""
+    if res.exists(f"ablation_{name}"):
+        return _preset_setting(res, name, res.json(f"ablation_{name}")["rows"])
+    return dm2_settings(res.json(f"select_{name}")["settings"]["preset"])
+
+
+def _preset_note(res: Results, name: str, ran: dict) -> str:
+    now = dm2_settings(res.json(f"select_{name}")["settings"]["preset"])
+    return "the preset" if ran == now else "the preset when this ran"
 
 
 def ablation_table(res: Results, name: str, robust: bool) -> str:
@@ -498,7 +512,7 @@ def ablation_table(res: Results, name: str, robust: bool) -> str:
     own = f"{name}-{sel['engine']}"
     preset_recs = [res.record(own, "dm2", seed) for seed in seeds]
     preset_row = next(r for r in d["rows"] if r["param"] == "lam" and r["value"] == start["lam"])
-    label = ", ".join(setting_label(p, v) for p, v in start.items()) + " (the preset)"
+    label = ", ".join(setting_label(p, v) for p, v in start.items()) + f" ({_preset_note(res, name, start)})"
     out = [row(bold(label), bold(pm(preset_row["aubc"])), preset_row["final_accuracy"], preset_recs,
                at_first(preset_recs))]
     sweep = f"ablation-{name}-{d['engine']}"
@@ -518,6 +532,37 @@ def ablation_table(res: Results, name: str, robust: bool) -> str:
     header = ["setting", "AUBC", *(["robust AUBC"] if robust else []), f"final accuracy ({labels:,} labels)",
               "per seed", f"accuracy at {first:,} labels, mean"]
     return table(header, "l" * len(header), out)
+
+
+def lam_validation(res: Results, name: str) -> str:
+    """DM2's λ on the validation split (results/ablation_<name>_validation_subset_partial.json: λ only, k and mix
+    at the preset; and its records), the basis of the preset's λ, with the same λ's test AUBC from
+    results/ablation_<name>.json beside it (reported, not chosen on)."""
+    d = res.json(f"ablation_{name}_validation_subset_partial")
+    tested = {r["value"]: r["aubc"] for r in res.json(f"ablation_{name}")["rows"] if r["param"] == "lam"}
+    preset_lam = dm2_settings(name)["lam"]
+    rows = [r for r in d["rows"] if r["param"] == "lam"]
+    best = max(rows, key=lambda r: r["aubc"]["mean"])
+    out = []
+    for r in rows:
+        # The λ the preset had when the sweep ran is the protocol's own runs; every other λ has a folder.
+        folder = f"ablation-{name}-{d['engine']}-validation/lam={r['value']}"
+        folder = folder if res.has_records(folder) else f"{name}-{d['engine']}-validation"
+        recs = [res.record(folder, "dm2", seed) for seed in d["seeds"]]
+        assert abs(mean_std([x["aubc"] for x in recs])["mean"] - r["aubc"]["mean"]) < 1e-9, (name, r)
+        label = setting_label("lam", r["value"])
+        label += " (the preset)" if r["value"] == preset_lam else ""
+        label += " (SPEC's default)" if r["value"] == DM2_DEFAULTS["lam"] else ""
+        cells = [label, pm(r["aubc"]), ", ".join(f"{x['aubc']:.3f}" for x in recs), pm(r["final_accuracy"]),
+                 pm(tested[r["value"]]) if r["value"] in tested else "–"]
+        out.append([bold(c) for c in cells] if r is best else cells)
+    if res.exists(f"select_{name}_validation_subset_partial"):
+        rnd = res.json(f"select_{name}_validation_subset_partial")
+        recs = [res.record(f"{name}-{rnd['engine']}-validation", "random", seed) for seed in rnd["seeds"]]
+        out.append(["(random)", pm(rnd["aubc"]["random"]), ", ".join(f"{x['aubc']:.3f}" for x in recs),
+                    pm(rnd["final_accuracy"]["random"]), "–"])
+    return table(["λ", "validation AUBC", "per seed", "validation final accuracy", "test AUBC (not used to choose)"],
+                 "lrlrr", out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -581,6 +626,7 @@ TABLES = {
     "select_cifar10_cpu": lambda res: select_table(res, "cifar10_cpu"),
     "ablation_mnist": lambda res: ablation_table(res, "mnist", robust=True),
     "ablation_fashion_mnist": lambda res: ablation_table(res, "fashion_mnist", robust=False),
+    "lam_validation_mnist": lambda res: lam_validation(res, "mnist"),
     "acquire_scale": acquire_scale,
     "acquire_scale_recall": acquire_scale_recall,
     "index_scale": index_scale,
