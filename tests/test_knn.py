@@ -106,6 +106,22 @@ def test_shards_split_the_vectors_by_id_hash_and_search_at_least_as_well_as_one_
     assert all(i not in row for i, row in zip(ids[:500], got_i))
 
 
+def test_shards_that_hold_nothing_near_a_query_answer_with_missing_entries():
+    z = _clustered(3000)
+    ids = np.arange(3000) * 2
+    # 600 shards of about 5 vectors, some empty: most shards have no candidate for most queries. Every shard's
+    # shortlist holds all its vectors, so the merged answer is the exact one.
+    sharded = build_index(lambda: iter([(ids, z)]), 3000, KnnSettings(mode="ivf", shards=600, nprobe=76), 0, 1)
+    assert min(sharded.describe()["shard_vectors"]) == 0
+    got_i, got_d = sharded.search(ids[:40], z[:40], 10)
+    for row in range(40):  # one query at a time, as the end of a Ray batch may be
+        one = sharded.search(ids[row:row + 1], z[row:row + 1], 10)
+        assert one[0][0].tolist() == got_i[row].tolist()
+    want_i, want_d = ExactIndex(ids, z, 0.5).search(ids[:40], z[:40], 10)
+    assert got_i.tolist() == want_i.tolist()
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-9)
+
+
 def test_default_nprobe_grows_with_nlist_up_to_the_measured_cap():
     from raydm2.acquisition.knn import NPROBE_CAP
 

@@ -172,11 +172,12 @@ class IVFIndex:
             c = cand[s:s + QUERY_CHUNK]
             valid = (c >= 0) & (c != query_ids[s:s + QUERY_CHUNK, None])
             c = np.where(valid, c, -1)
-            vecs = self.index.reconstruct_batch(np.where(valid, c, c[valid][0] if valid.any() else 0).reshape(-1))
-            vecs = vecs.reshape(c.shape[0], c.shape[1], d).astype(np.float64)
-            diff = q[s:s + QUERY_CHUNK, None, :].astype(np.float64) - vecs
-            dist = (self.l2_weight * np.sqrt((diff * diff).sum(-1)) + (1 - self.l2_weight) * np.abs(diff).sum(-1)) / d
-            dist = np.where(valid, dist, np.inf)
+            dist = np.full(c.shape, np.inf)
+            if valid.any():  # a shard may hold nothing near a whole chunk, and only its own ids can be reconstructed
+                vecs = self.index.reconstruct_batch(np.where(valid, c, c[valid][0]).reshape(-1))
+                diff = q[s:s + QUERY_CHUNK, None, :].astype(np.float64) - vecs.reshape(*c.shape, d)
+                both = self.l2_weight * np.sqrt((diff * diff).sum(-1)) + (1 - self.l2_weight) * np.abs(diff).sum(-1)
+                dist = np.where(valid, both / d, np.inf)
             pick = np.lexsort((c, dist), axis=1)[:, :k_eff]
             out_i[s:s + QUERY_CHUNK] = np.take_along_axis(c, pick, 1)
             out_d[s:s + QUERY_CHUNK] = np.take_along_axis(dist, pick, 1)
@@ -332,7 +333,7 @@ class NeighbourSearcher:
 
             index = ray.get(index[0])
         self.index = index
-        if isinstance(self.index, IVFIndex):
+        if isinstance(self.index, IVFIndex) and self.index.params.shards == 1:  # shards search preassigned, on CPU
             self.index.use_gpu_if_available()
         self.params = params
         self.choose = choose

@@ -220,13 +220,17 @@ class RayEngine(Engine):
         with self._counting("index_s", lambda: None):
             if knn.exact_for(n):
                 index_refs = [_build_exact.options(num_cpus=1).remote(blocks, knn.l2_weight)]
+                self.index = ray.get(_describe.remote(index_refs[0]))
             else:
                 trained = _train_ivf.options(num_cpus=1).remote(blocks, ivf_params(n, knn), knn.l2_weight,
                                                                 params.seed, params.round, knn.index_bytes_per_actor)
                 shards = ray.get(_shards.remote(trained))
-                index_refs = [_fill_shard.options(num_cpus=1).remote(trained, blocks, s, params.seed, params.round)
-                              for s in range(shards)]
-            self.index = merged_description(ray.get([_describe.remote(r) for r in index_refs]))
+                # Each fill task describes its shard as it returns it: describing shards later would load them all.
+                filled = [_fill_shard.options(num_cpus=1, num_returns=2).remote(trained, blocks, s, params.seed,
+                                                                                params.round)
+                          for s in range(shards)]
+                index_refs = [ref for ref, _ in filled]
+                self.index = merged_description(ray.get([description for _, description in filled]))
         self.lap("index_s")
         plan = self._plan()
         searched, visits = embedded, n * len(index_refs)
@@ -372,7 +376,8 @@ def _shards(trained) -> int:
 
 @ray.remote
 def _fill_shard(trained, blocks: list, shard: int, seed: int, round_: int):
-    return fill_shard(trained, _unit_batches(blocks), shard, seed, round_)
+    index = fill_shard(trained, _unit_batches(blocks), shard, seed, round_)
+    return index, index.describe()
 
 
 @ray.remote(num_cpus=0)
