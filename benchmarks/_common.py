@@ -76,6 +76,11 @@ def per_stage(result) -> dict:
     return {"timings": result.timings, "counts": result.counts, "index": result.index}
 
 
+def recall_at_k(found, exact) -> float:
+    """Mean share of each row's exact neighbours that the approximate search found (rows of ids, k wide)."""
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
+
+
 def seconds(fn, *args, **kwargs):
     t = time.perf_counter()
     out = fn(*args, **kwargs)

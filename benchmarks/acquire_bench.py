@@ -166,7 +166,7 @@ def knn_bench(args) -> dict:
         params = default_ivf_params(n, 10, None, nprobe, 8, 100_000)
         index.params = params
         search_s, (got_i, _) = C.seconds(index.search, ids[queries], z[queries], 10)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got_i, exact_i)]))
+        recall = C.recall_at_k(got_i, exact_i)
         row = {"nlist": params.nlist, "nprobe": params.nprobe, "shortlist": params.shortlist, "build_s": build_s,
                "search_s": search_s, "recall_at_10": recall, "speedup": exact_s / search_s}
         rows.append(row)
@@ -268,7 +268,7 @@ def index_scale(args) -> dict:
         shards.append(row)
         print(f"shard {s}: {row}", flush=True)
     exact_s, exact = C.seconds(_exact_combined, z, queries, knn.k, knn.l2_weight)
-    recall = float(np.mean([len(set(a) & set(b)) / knn.k for a, b in zip(found[0], exact)]))
+    recall = C.recall_at_k(found[0], exact)
     search_s = probe_s + sum(r["search_s"] for r in shards)
     per_vector = max(r["resident_bytes"] / r["vectors"] for r in shards)
     out = {"vectors": args.n, "dim": args.dim, "clusters": args.clusters, "queries": args.queries, "k": knn.k,
@@ -348,7 +348,7 @@ def _scale_recall(n: int, work: str, anchors: int) -> dict:
 
     def recall() -> float:
         found, _ = index.search(ids[queries], z[queries], knn.k)
-        return float(np.mean([len(set(a) & set(b)) / knn.k for a, b in zip(found, exact)]))
+        return C.recall_at_k(found, exact)
 
     default = index.params
     out = {"recall_at_10": recall(), "images": len(ids), "anchors": anchors, "index": index.describe(),

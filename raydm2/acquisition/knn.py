@@ -86,7 +86,6 @@ class IVFParams:
     train_size: int
     vectors: int  # in the whole index, every shard together
     shards: int | None = None  # None until the dimension is known (`train_ivf`)
-    shard: int = 0
 
 
 # Resident bytes of an IVF-Flat index of n d-dimensional vectors held by a search actor: the float32 values, the
@@ -184,8 +183,7 @@ class IVFIndex:
         return out_i, out_d
 
     def describe(self) -> dict:
-        params = {name: value for name, value in self.params.__dict__.items() if name != "shard"}
-        return {"kind": self.kind, **params, "shard_vectors": [len(self)]}
+        return {"kind": self.kind, **self.params.__dict__, "shard_vectors": [len(self)]}
 
 
 class ShardedIndex:
@@ -289,7 +287,7 @@ def fill_shard(trained: IVFIndex, batches: Callable[[], Iterator[tuple[np.ndarra
             ids, z = ids[mine], z[mine]
         index.add_with_ids(np.ascontiguousarray(z, np.float32), np.asarray(ids, np.int64))
     index.nprobe = trained.params.nprobe
-    return IVFIndex(index, replace(trained.params, shard=shard), trained.l2_weight)
+    return IVFIndex(index, trained.params, trained.l2_weight)
 
 
 def build_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], params: IVFParams, l2_weight: float,
