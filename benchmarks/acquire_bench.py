@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -148,7 +149,7 @@ def knn_bench(args) -> dict:
     import faiss
 
     from raydm2.acquisition.mixing import unit
-    from raydm2.acquisition.knn import ExactIndex, build_ivf, default_ivf_params
+    from raydm2.acquisition.knn import ExactIndex, KnnSettings, build_ivf, ivf_params
 
     faiss.omp_set_num_threads(os.cpu_count())
     z = unit(_embed_real_images(args.data_root, args.n))
@@ -160,14 +161,15 @@ def knn_bench(args) -> dict:
     rows = []
     best = None
     # nprobe is a search setting: one index, searched at each nprobe.
-    built = default_ivf_params(n, 10, None, None, 8, 100_000)
+    built = ivf_params(n, KnnSettings(mode="ivf"))
     build_s, index = C.seconds(build_ivf, lambda: iter([(ids, z)]), built, 0.5, 0, 1)
     for nprobe in args.nprobe:
-        params = default_ivf_params(n, 10, None, nprobe, 8, 100_000)
+        params = ivf_params(n, KnnSettings(mode="ivf", nprobe=nprobe))
         index.params = params
         search_s, (got_i, _) = C.seconds(index.search, ids[queries], z[queries], 10)
         recall = C.recall_at_k(got_i, exact_i)
-        row = {"nlist": params.nlist, "nprobe": params.nprobe, "shortlist": params.shortlist, "build_s": build_s,
+        row = {"nlist": params.nlist, "nprobe": params.nprobe, "shortlist": params.shortlist, "scan": params.scan,
+               "build_s": build_s,
                "search_s": search_s, "recall_at_10": recall, "speedup": exact_s / search_s}
         rows.append(row)
         print(row, flush=True)
@@ -220,13 +222,13 @@ def _exact_combined(z: np.ndarray, queries: np.ndarray, k: int, l2_weight: float
 
 
 def _resident_bytes(path: str) -> int:
-    """What a process holding the FAISS index at `path` the way a search actor does (direct map for the re-rank)
-    keeps resident beyond its state before loading it."""
-    code = ("import faiss\n"
+    """What a process holding the pickled index shard at `path` as a search actor does keeps resident beyond its
+    state before loading it (the pickle's bytes freed)."""
+    code = ("import gc, pickle, faiss, raydm2.acquisition.knn\n"
             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096\n"
             "before = rss()\n"
-            f"index = faiss.read_index({path!r})\n"
-            "index.set_direct_map_type(faiss.DirectMap.Hashtable)\n"
+            f"index = pickle.load(open({path!r}, 'rb'))\n"
+            "gc.collect()\n"
             "print(rss() - before)\n")
     return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
 
@@ -259,8 +261,9 @@ def index_scale(args) -> dict:
         fill_s, shard = C.seconds(fill_shard, trained, batches, s, 0, 1)
         search_s, answer = C.seconds(shard.search, ids[queries], z[queries], knn.k, probes)
         found = merge_nearest(found, answer, knn.k)
-        path = os.path.join(workdir, "shard.faiss")
-        faiss.write_index(shard.index, path)
+        path = os.path.join(workdir, "shard.pickle")
+        with open(path, "wb") as f:
+            pickle.dump(shard, f, protocol=5)
         row = {"vectors": len(shard), "fill_s": fill_s, "search_s": search_s, "resident_bytes": _resident_bytes(path),
                "serialized_bytes": os.path.getsize(path)}
         os.remove(path)
@@ -273,6 +276,7 @@ def index_scale(args) -> dict:
     per_vector = max(r["resident_bytes"] / r["vectors"] for r in shards)
     out = {"vectors": args.n, "dim": args.dim, "clusters": args.clusters, "queries": args.queries, "k": knn.k,
            "nlist": trained.params.nlist, "nprobe": trained.params.nprobe, "shortlist": trained.params.shortlist,
+           "scan": trained.params.scan,
            "train_size": trained.params.train_size, "shards": trained.params.shards, "shard_rows": shards,
            "index_bytes_per_actor_limit": knn.index_bytes_per_actor,
            "bytes_per_actor": max(r["resident_bytes"] for r in shards),
@@ -353,10 +357,10 @@ def _scale_recall(n: int, work: str, anchors: int) -> dict:
     default = index.params
     out = {"recall_at_10": recall(), "images": len(ids), "anchors": anchors, "index": index.describe(),
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "sweep": []}
-    # What the default leaves on the table, probing more lists or re-ranking a longer shortlist (recall only:
-    # the search times of this sweep are not a measurement of the pipeline's).
-    for nprobe, factor in ((32, 16), (32, 32), (64, 8), (128, 8), (128, 16), (128, 32)):
-        index.params = replace(default, nprobe=nprobe, shortlist=factor * knn.k)
+    # Around the default: fewer or more probes, a shorter or longer shortlist, each scanning 4 candidates per
+    # shortlist entry (recall only: the search times of this sweep are not a measurement of the pipeline's).
+    for nprobe, factor in ((32, 16), (64, 16), (128, 8), (128, 32), (256, 16)):
+        index.params = replace(default, nprobe=nprobe, shortlist=factor * knn.k, scan=4 * factor * knn.k)
         out["sweep"].append({"nprobe": nprobe, "shortlist": factor * knn.k, "recall_at_10": recall()})
         print(out["sweep"][-1], flush=True)
     return out
@@ -466,7 +470,7 @@ def main():
     q.add_argument("--data-root", default="../shared/data")
     q.add_argument("--n", type=int, default=200_000)
     q.add_argument("--queries", type=int, default=2000)
-    q.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    q.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128])
     q.add_argument("--name", default="acquire_knn", help="results/NAME.json")
     q.set_defaults(func=knn_bench)
     q = sub.add_parser("scale")

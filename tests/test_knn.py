@@ -54,6 +54,22 @@ def test_ivf_with_exhaustive_probe_matches_exact():
     assert all(i not in row for i, row in zip(ids[:300], got_i))
 
 
+def test_ivf_answers_each_query_the_same_in_any_batch_and_reranks_by_exact_distances():
+    z = _clustered(8000, dim=24, seed=4)
+    ids = np.arange(8000) * 7 + 3
+    index = build_index(lambda: iter([(ids, z)]), 8000, KnnSettings(mode="ivf"), seed=2, round_=1)
+    assert index.params.nprobe < index.params.nlist and index.params.scan == 4 * index.params.shortlist
+    together = index.search(ids[:300], z[:300], 10)
+    alone = [index.search(ids[r:r + 1], z[r:r + 1], 10) for r in range(300)]
+    assert np.array_equal(together[0], np.concatenate([a[0] for a in alone]))
+    assert np.array_equal(together[1], np.concatenate([a[1] for a in alone]))
+    # The distances returned are exact d_c, whatever the fast-scan codes approximated.
+    rows = {i: r for r, i in enumerate(ids)}
+    for r in range(0, 300, 37):
+        want = combined_distance(z[r:r + 1], z[[rows[i] for i in together[0][r]]], 0.5)[0]
+        np.testing.assert_array_equal(together[1][r], want)
+
+
 def _clustered(n, dim=16, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(20, dim))
@@ -90,7 +106,7 @@ def test_shards_split_the_vectors_by_id_hash_and_search_at_least_as_well_as_one_
     owner = shard_of(ids, 3, 1, 2)
     for s, shard in enumerate(sharded.shards):
         assert len(shard) == (owner == s).sum()
-        shard.index.reconstruct_batch(ids[owner == s])  # raises for an id the shard does not hold
+        assert shard.ids.tolist() == ids[owner == s].tolist()
     probes = sharded.shards[0].probe(z[:500])  # what the first shard's searcher hands on to the others
     for shard in sharded.shards:
         assert all((a == b).all() for a, b in zip(shard.search(ids[:500], z[:500], 10, probes),
@@ -125,9 +141,11 @@ def test_shards_that_hold_nothing_near_a_query_answer_with_missing_entries():
 def test_default_nprobe_grows_with_nlist_up_to_the_measured_cap():
     from raydm2.acquisition.knn import NPROBE_CAP
 
-    probes = {n: default_ivf_params(n, 10, None, None, 8, 100_000) for n in (10_000, 200_000, 10**6, 10**8)}
-    assert probes[10_000].nprobe == max(8, probes[10_000].nlist // 16) < NPROBE_CAP
-    # nlist/16 would probe 111 lists at 2·10^5 and 250 at 10^6: every query would scan n/16 vectors.
-    assert [probes[n].nprobe for n in (200_000, 10**6, 10**8)] == [NPROBE_CAP] * 3 == [32] * 3
+    probes = {n: default_ivf_params(n, 10, None, None, 16, 100_000) for n in (10_000, 200_000, 10**6, 10**8)}
+    assert [probes[n].nprobe for n in (10_000, 200_000)] == [max(8, probes[n].nlist // 16) for n in (10_000, 200_000)]
+    assert probes[200_000].nprobe < NPROBE_CAP
+    # nlist/16 would probe 250 lists at 10^6 and 2,500 at 10^8: every query would scan n/16 vectors.
+    assert [probes[n].nprobe for n in (10**6, 10**8)] == [NPROBE_CAP] * 2 == [128] * 2
     assert probes[10**6].nlist == 4000
+    assert (probes[10**6].shortlist, probes[10**6].scan) == (160, 640)
     assert default_ivf_params(10**6, 10, None, 100, 8, 100_000).nprobe == 100  # a user's setting wins

@@ -37,8 +37,11 @@ class KnnSettings(BaseModel):
     # auto: exact brute force up to `exact_max_anchors`, FAISS IVF above.
     mode: Literal["auto", "exact", "ivf"] = "auto"
     exact_max_anchors: int = Field(20_000, gt=0)
-    # Shortlist size as a multiple of k; SPEC requires k' >= 4k.
-    shortlist_factor: int = Field(8, ge=4, le=256)
+    # Shortlist re-ranked by exact d_c, as a multiple of k; SPEC requires k' >= 4k. d_c's L1 term ranks some
+    # neighbours far down L2's order, so the default shortlist is long.
+    shortlist_factor: int = Field(16, ge=4, le=256)
+    # Fast-scan candidates per shortlist entry, re-ranked by exact L2 down to the shortlist.
+    scan_factor: int = Field(4, ge=1, le=64)
     nlist: int | None = Field(None, gt=0)
     nprobe: int | None = Field(None, gt=0)
     train_sample: int = Field(100_000, gt=0)
@@ -82,16 +85,17 @@ class ExactIndex:
 class IVFParams:
     nlist: int
     nprobe: int
-    shortlist: int
+    shortlist: int  # candidates per query re-ranked by exact d_c
+    scan: int  # fast-scan candidates per query re-ranked by exact L2 down to the shortlist
     train_size: int
     vectors: int  # in the whole index, every shard together
     shards: int | None = None  # None until the dimension is known (`train_ivf`)
 
 
-# Resident bytes of an IVF-Flat index of n d-dimensional vectors held by a search actor: the float32 values, the
-# id beside each in its list, the direct map's hash-table entry and the lists' spare capacity. The shards of
-# benchmarks/results/index_scale.json hold 564 B/vector at d = 128 (this gives 844). Spare capacity depends on
-# how the lists grew, so the estimate errs high to keep every shard under `index_bytes_per_actor`.
+# Resident bytes of an IVF index of n d-dimensional vectors held by a search actor: the float32 vectors kept for
+# re-ranking, the fast-scan index (d/4 bytes of codes and an id per vector, in blocks of 32 per list) and the row
+# -> id map. The shards of benchmarks/results/index_scale.json hold 572 B/vector at d = 128 (this gives 844); the
+# estimate errs high because arrays grow while a shard fills, to keep every shard under `index_bytes_per_actor`.
 def ivf_bytes(n: int, dim: int) -> int:
     return int(n * (1.5 * (4 * dim + 8) + 64))
 
@@ -109,43 +113,39 @@ def merge_nearest(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, 
 
 
 class IVFIndex:
-    """FAISS IVF-Flat on unit vectors (L2, i.e. cosine); a shortlist of k' ≥ 4k per query re-ranked by exact d_c."""
+    """FAISS IVF with 4-bit PQ fast-scan codes of unit vectors (L2, i.e. cosine) finds `scan` candidates per
+    query; a flat copy of the vectors re-ranks them by exact L2 to a shortlist of k' ≥ 4k, and the shortlist is
+    re-ranked by exact d_c. Fast-scan reads a few bytes per candidate where IVF-Flat reads 4d, so probing enough
+    lists for recall ≥ 0.98 costs less than IVF-Flat's 32 probes did (benchmarks/results/acquire_scale.json).
+
+    Both FAISS indexes number the vectors by row (the order they were added); `ids` maps rows to pool ids.
+    """
 
     kind = "ivf"
 
-    def __init__(self, index, params: IVFParams, l2_weight: float):
+    def __init__(self, index, params: IVFParams, l2_weight: float, flat=None, ids: np.ndarray | None = None):
+        import faiss
+
         self.index = index
         self.params = params
         self.l2_weight = l2_weight
-        self._gpu_index = None
+        self.flat = faiss.IndexFlatL2(index.d) if flat is None else flat
+        self.ids = np.empty(0, np.int64) if ids is None else ids
 
     def __len__(self) -> int:
-        return self.index.ntotal
+        return len(self.ids)
 
     def __getstate__(self):
         import faiss
 
-        return {"blob": faiss.serialize_index(self.index), "params": self.params, "l2_weight": self.l2_weight}
+        return {"ivf": faiss.serialize_index(self.index), "flat": faiss.serialize_index(self.flat),
+                "params": self.params, "l2_weight": self.l2_weight, "ids": self.ids}
 
     def __setstate__(self, state):
         import faiss
 
-        self.index = faiss.deserialize_index(state["blob"])
-        self.index.set_direct_map_type(faiss.DirectMap.Hashtable)
-        self.params = state["params"]
-        self.l2_weight = state["l2_weight"]
-        self._gpu_index = None
-
-    def use_gpu_if_available(self) -> bool:
-        """Search on the GPU with faiss-gpu when it is installed and CUDA is present; reconstruction stays on the
-        CPU copy (GPU IVF indexes cannot reconstruct)."""
-        import faiss
-
-        if self._gpu_index is None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            self._gpu_res = faiss.StandardGpuResources()
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self.index)
-            self._gpu_index.nprobe = self.params.nprobe
-        return self._gpu_index is not None
+        self.index, self.flat = faiss.deserialize_index(state["ivf"]), faiss.deserialize_index(state["flat"])
+        self.params, self.l2_weight, self.ids = state["params"], state["l2_weight"], state["ids"]
 
     def probe(self, query_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(distances, ids) of the `nprobe` lists nearest each query: the same for every shard, which share the
@@ -155,28 +155,43 @@ class IVFIndex:
     def search(self, query_ids: np.ndarray, query_z: np.ndarray, k: int,
                probes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows are min(k, vectors - 1) wide, vectors counting every shard; a shard that has fewer candidates
-        fills its rows with id -1 at distance inf. `probes` (from `probe`) skips the quantizer."""
+        fills its rows with id -1 at distance inf. `probes` (from `probe`) skips the quantizer.
+
+        Each query's answer depends on that query alone (not on the others in its batch), so any split of the
+        pool into batches finds the same neighbours."""
+        import faiss
+
         self.index.nprobe = self.params.nprobe
         shortlist = max(self.params.shortlist, 4 * k) + 1  # +1: the query itself is usually its own nearest
+        scan = max(self.params.scan, shortlist)
         q = np.ascontiguousarray(query_z, np.float32)
         k_eff = min(k, self.params.vectors - 1)
         if probes is None:
-            _, cand = (self._gpu_index or self.index).search(q, max(shortlist, k_eff))
+            _, rows = self.index.search(q, scan)
         else:
-            _, cand = self.index.search_preassigned(q, max(shortlist, k_eff), probes[1], probes[0])
-        out_i = np.empty((len(query_ids), k_eff), np.int64)
-        out_d = np.empty((len(query_ids), k_eff), np.float64)
-        d = q.shape[1]
-        for s in range(0, len(query_ids), QUERY_CHUNK):
-            c = cand[s:s + QUERY_CHUNK]
-            valid = (c >= 0) & (c != query_ids[s:s + QUERY_CHUNK, None])
-            c = np.where(valid, c, -1)
+            _, rows = self.index.search_preassigned(q, scan, probes[1], probes[0])
+        valid = rows >= 0
+        rows = np.where(valid, rows, 0)
+        valid &= self.ids[rows] != np.asarray(query_ids)[:, None] if len(self.ids) else False
+        l2 = np.empty(rows.shape, np.float32)
+        if len(self.ids):
+            self.flat.compute_distance_subset(len(q), faiss.swig_ptr(q), rows.shape[1], faiss.swig_ptr(l2),
+                                              faiss.swig_ptr(rows))
+        l2 = np.where(valid, l2, np.inf)
+        if shortlist < rows.shape[1]:
+            keep = np.argpartition(l2, shortlist - 1, axis=1)[:, :shortlist]
+            rows, valid = np.take_along_axis(rows, keep, 1), np.take_along_axis(valid, keep, 1)
+        vectors = faiss.rev_swig_ptr(self.flat.get_xb(), len(self.ids) * self.index.d).reshape(-1, self.index.d)
+        cand = np.where(valid, self.ids[rows] if len(self.ids) else -1, -1)
+        out_i = np.empty((len(q), k_eff), np.int64)
+        out_d = np.empty((len(q), k_eff), np.float64)
+        for s in range(0, len(q), QUERY_CHUNK):
+            c, ok = cand[s:s + QUERY_CHUNK], valid[s:s + QUERY_CHUNK]
             dist = np.full(c.shape, np.inf)
-            if valid.any():  # a shard may hold nothing near a whole chunk, and only its own ids can be reconstructed
-                vecs = self.index.reconstruct_batch(np.where(valid, c, c[valid][0]).reshape(-1))
-                diff = q[s:s + QUERY_CHUNK, None, :].astype(np.float64) - vecs.reshape(*c.shape, d)
-                both = self.l2_weight * np.sqrt((diff * diff).sum(-1)) + (1 - self.l2_weight) * np.abs(diff).sum(-1)
-                dist = np.where(valid, both / d, np.inf)
+            if ok.any():  # a shard may hold nothing near a whole chunk
+                d_c = combined_distance(q[s:s + QUERY_CHUNK, None, :], vectors[rows[s:s + QUERY_CHUNK]],
+                                        self.l2_weight)[:, 0]
+                dist = np.where(ok, d_c, np.inf)
             pick = np.lexsort((c, dist), axis=1)[:, :k_eff]
             out_i[s:s + QUERY_CHUNK] = np.take_along_axis(c, pick, 1)
             out_d[s:s + QUERY_CHUNK] = np.take_along_axis(dist, pick, 1)
@@ -214,20 +229,22 @@ def merged_description(shards: list[dict]) -> dict:
     return {**shards[0], "shard_vectors": [v for d in shards for v in d.get("shard_vectors", [])]}
 
 
-# The default nprobe stops growing with nlist here: recall@10 against exact d_c neighbours was 0.9992 at 2·10^5
-# and 0.9996 at 10^6 real-image embeddings with nprobe 32 (benchmarks/results/acquire_knn*.json), while nlist/16
-# (250 at 10^6) made the search grow as n².
-NPROBE_CAP = 32
+# The default nprobe stops growing with nlist here, so the search grows as n·√n rather than n² (nlist/16 would probe
+# 250 lists at 10^6). With 4-bit fast-scan codes, 128 probes of 4,000 lists give recall@10 0.992 against exact d_c
+# neighbours on the 10^6 scale pool, whose features spread over cells more than real images' do
+# (benchmarks/results/acquire_scale.json); 32 probes of IVF-Flat gave 0.936 there.
+NPROBE_CAP = 128
 
 
 def default_ivf_params(n: int, k: int, nlist: int | None, nprobe: int | None, shortlist_factor: int,
-                       train_sample: int, shards: int | None = None) -> IVFParams:
+                       train_sample: int, shards: int | None = None, scan_factor: int = 4) -> IVFParams:
     nlist = nlist or int(min(65_536, max(16, 4 * math.sqrt(n))))
     nlist = min(nlist, max(1, n // 39))  # FAISS wants ≥ 39 training points per list
     return IVFParams(
         nlist=nlist,
         nprobe=min(nlist, nprobe or max(8, min(nlist // 16, NPROBE_CAP))),
         shortlist=shortlist_factor * k,
+        scan=scan_factor * shortlist_factor * k,
         train_size=min(n, max(train_sample, 39 * nlist)),
         vectors=n,
         shards=shards,
@@ -261,8 +278,12 @@ def train_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], pa
     sample = best.result()
     train = np.stack(sample.column("z").to_numpy(zero_copy_only=False)).astype(np.float32)
     quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, params.nlist, faiss.METRIC_L2)
+    # Two dimensions per 4-bit sub-quantizer: coarser codes (d/4 of them) lost most of the recall that re-ranking
+    # could not win back on the scale pool.
+    index = faiss.IndexIVFPQFastScan(quantizer, dim, params.nlist, dim // 2 if dim % 2 == 0 else dim, 4,
+                                     faiss.METRIC_L2)
     index.cp.seed = seed
+    index.pq.cp.seed = seed
     index.train(train)
     shards = params.shards or math.ceil(ivf_bytes(params.vectors, dim) / index_bytes_per_actor)
     return IVFIndex(index, replace(params, shards=shards), l2_weight)
@@ -278,16 +299,18 @@ def fill_shard(trained: IVFIndex, batches: Callable[[], Iterator[tuple[np.ndarra
     them when there is one shard), from one streaming pass."""
     import faiss
 
-    index = faiss.clone_index(trained.index)
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    index, flat = faiss.clone_index(trained.index), faiss.IndexFlatL2(trained.index.d)
     shards = trained.params.shards
+    kept = []
     for ids, z in batches():
         if shards > 1:
             mine = shard_of(ids, shards, seed, round_) == shard
             ids, z = ids[mine], z[mine]
-        index.add_with_ids(np.ascontiguousarray(z, np.float32), np.asarray(ids, np.int64))
-    index.nprobe = trained.params.nprobe
-    return IVFIndex(index, trained.params, trained.l2_weight)
+        z = np.ascontiguousarray(z, np.float32)
+        index.add_with_ids(z, np.arange(flat.ntotal, flat.ntotal + len(z), dtype=np.int64))  # rows, see IVFIndex
+        flat.add(z)
+        kept.append(np.asarray(ids, np.int64))
+    return IVFIndex(index, trained.params, trained.l2_weight, flat, np.concatenate(kept) if kept else None)
 
 
 def build_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], params: IVFParams, l2_weight: float,
@@ -299,7 +322,8 @@ def build_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], pa
 
 
 def ivf_params(n: int, knn: KnnSettings) -> IVFParams:
-    return default_ivf_params(n, knn.k, knn.nlist, knn.nprobe, knn.shortlist_factor, knn.train_sample, knn.shards)
+    return default_ivf_params(n, knn.k, knn.nlist, knn.nprobe, knn.shortlist_factor, knn.train_sample, knn.shards,
+                              knn.scan_factor)
 
 
 def build_index(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], n: int, knn: KnnSettings,
@@ -331,8 +355,6 @@ class NeighbourSearcher:
 
             index = ray.get(index[0])
         self.index = index
-        if isinstance(self.index, IVFIndex) and self.index.params.shards == 1:  # shards search preassigned, on CPU
-            self.index.use_gpu_if_available()
         self.params = params
         self.choose = choose
 

@@ -44,14 +44,15 @@ def unit(z: np.ndarray) -> np.ndarray:
 
 
 def combined_distance(q: np.ndarray, c: np.ndarray, l2_weight: float) -> np.ndarray:
-    """d_c = w·‖q−c‖₂/d + (1−w)·‖q−c‖₁/d for every (query, candidate) pair, on unit vectors.
+    """d_c = w·‖q−c‖₂/d + (1−w)·‖q−c‖₁/d for every (query, candidate) pair, on unit vectors: q (..., m, d) and
+    c (..., n, d) give (..., m, n), leading dimensions broadcast.
 
     Float64 and direct (not matmul-expanded) distances: each pair's value is then the same whatever other rows
     share its batch, which keeps neighbour choices independent of how the pool was split.
     """
     qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float64))
     ct = torch.from_numpy(np.ascontiguousarray(c, dtype=np.float64))
-    d = q.shape[1]
+    d = q.shape[-1]
     l2 = torch.cdist(qt, ct, p=2, compute_mode="donot_use_mm_for_euclid_dist")
     l1 = torch.cdist(qt, ct, p=1)
     return ((l2_weight * l2 + (1.0 - l2_weight) * l1) / d).numpy()
