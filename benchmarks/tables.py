@@ -199,9 +199,17 @@ def acquire_knn(res: Results, name: str = "acquire_knn") -> str:
     d = res.json(name)
     rows = []
     for s in d["sweep"]:
-        cells = [str(s["nprobe"]), f"{s['recall_at_10']:.4f}", f"{s['search_s']:.2f} s", f"{s['speedup']:.0f}×"]
+        cells = [str(s["nprobe"]), _shortlist(s), f"{s['recall_at_10']:.4f}", f"{s['search_s']:.2f} s",
+                 f"{s['speedup']:.0f}×"]
         rows.append([bold(c) for c in cells] if s["nprobe"] == d["chosen"]["nprobe"] else cells)
-    return table(["nprobe", "recall@10", f"search, {d['queries']:,} queries", "speed-up"], "rrrr", rows)
+    return table(["nprobe", "shortlist / scanned", "recall@10", f"search, {d['queries']:,} queries", "speed-up"],
+                 "rrrrr", rows)
+
+
+def _shortlist(index: dict) -> str:
+    """Shortlist re-ranked by d_c, and fast-scan candidates re-ranked by L2 down to it; records from before the
+    fast-scan index (IVF-Flat, no `scan`) have the shortlist alone."""
+    return f"{index['shortlist']} / {index['scan']}" if "scan" in index else f"{index['shortlist']} (IVF-Flat)"
 
 
 FLOOR_MODELS = {"small_cnn": "small CNN", "resnet18": "resnet18 (CIFAR stem)"}
@@ -263,6 +271,36 @@ def acquire_scale(res: Results) -> str:
                   "index"], "rrrrll", rows)
 
 
+def acquire_scale_targets(res: Results) -> str:
+    """Issue #21's target 1, key by key, from the scale record."""
+    d = res.json("acquire_scale")
+    total = next(r["total_s"] for r in d["runs"] if r["images"] == 10**6)
+    rows = [["10^6 images end to end", f"{total:,.0f} s", "≤ 1,200 s", total <= 1200],
+            ["recall@10 of the default index at 10^6", f"{d['recall_at_10']:.4f}", "≥ 0.98", d["recall_at_10"] >= 0.98],
+            ["driver peak RSS, 10^6 / 10^5", f"{d['rss_ratio_1e6_1e5']:.3f}", "≤ 1.3", d["rss_ratio_1e6_1e5"] <= 1.3]]
+    return table(["key", "measured", "target", "met"], "lrrl",
+                 [r[:3] + ["yes" if r[3] else "**no**"] for r in rows])
+
+
+SCALE_RECORDS = {"acquire_scale_ivf_flat": "IVF-Flat (before)", "acquire_scale": "fast-scan (now)"}
+
+
+def acquire_scale_compare(res: Results) -> str:
+    """The scale runs before and after the fast-scan index: time, driver growth over its state before the
+    acquisition, and recall at 10^6."""
+    rows = []
+    for name, label in SCALE_RECORDS.items():
+        d = res.json(name)
+        for r in d["runs"]:
+            grew = r["driver_peak_rss_mib"] - r["driver_rss_before_mib"]
+            rows.append([label, _power(r["images"]), f"{r['total_s']:,.0f} s", stages(r["timings"]),
+                         f"{r['driver_peak_rss_mib']:,.0f} MiB (+{grew:,.0f})",
+                         f"{d['recall_at_10']:.4f}" if r["images"] == 10**6 else "",
+                         f"{d['rss_ratio_1e6_1e5']:.3f}" if r["images"] == 10**6 else ""])
+    return table(["index", "images", "total", "embed / index / search / mix+score (s)",
+                  "driver peak RSS (growth)", "recall@10", "RSS 10^6 / 10^5"], "lrrlrrr", rows)
+
+
 def acquire_scale_recall(res: Results) -> str:
     r = res.json("acquire_scale")["recall"]
     ix = r["index"]
@@ -283,12 +321,12 @@ def gib(x: float) -> str:
 
 def index_scale(res: Results) -> str:
     d = res.json("index_scale")
-    rows = [[_power(d["vectors"]), str(d["dim"]), f"{d['nlist']:,} / {d['nprobe']} / {d['shortlist']}",
+    rows = [[_power(d["vectors"]), str(d["dim"]), f"{d['nlist']:,} / {d['nprobe']} / {_shortlist(d)}",
              f"{d['shards']} ({', '.join(format(r['vectors'], ',') for r in d['shard_rows'])})",
              f"{gib(d['bytes_per_actor'])} (limit {gib(d['index_bytes_per_actor_limit'])})",
              f"{d['train_s']:,.0f} + {d['fill_s']:,.0f} s", f"{d['search_ms_per_query']:.2f} ms",
              f"{d['recall_at_10']:.4f}"]]
-    return table(["vectors", "d", "nlist / nprobe / shortlist", "shards (vectors each)", "held per search actor",
+    return table(["vectors", "d", "nlist / nprobe / shortlist / scanned", "shards (vectors each)", "held per search actor",
                   "build (train + fill)", "search per query", "recall@10"], "rrrlrrrr", rows)
 
 
@@ -297,10 +335,10 @@ def _default_nlist(n: int) -> int:
     return int(min(65_536, max(16, 4 * n ** 0.5)))
 
 
-def _search_work(n: int, shards: int, nlist: int, nprobe: int, shortlist: int) -> float:
+def _search_work(n: int, shards: int, nlist: int, nprobe: int, reranked: int) -> float:
     """Vectors compared per query: the quantizer (once: the first shard hands its probes on), the probed lists,
-    every shard's re-rank."""
-    return nlist + nprobe * n / nlist + shards * shortlist
+    every shard's re-ranks (`reranked` per shard: the scanned candidates by L2 and the shortlist by d_c)."""
+    return nlist + nprobe * n / nlist + shards * reranked
 
 
 def index_1e8(res: Results) -> str:
@@ -308,17 +346,20 @@ def index_1e8(res: Results) -> str:
     build cost as n·nlist·d (train: train size·nlist·d), search per query as `_search_work`·d."""
     d = res.json("index_scale")
     n0, dim0, limit = d["vectors"], d["dim"], d["index_bytes_per_actor_limit"]
-    overhead = d["resident_bytes_per_vector"] - 4 * dim0  # id, direct map entry, spare list capacity
-    work0 = _search_work(n0, d["shards"], d["nlist"], d["nprobe"], d["shortlist"])
+    # Besides its float32 values a vector holds a fast-scan code of d/4 bytes (4 bits per 2 dimensions) and
+    # ids; the code grows with d, the ids do not.
+    overhead = d["resident_bytes_per_vector"] - 4.25 * dim0
+    reranked = d["shortlist"] + d["scan"]
+    work0 = _search_work(n0, d["shards"], d["nlist"], d["nprobe"], reranked)
     rows = []
     for dim in (dim0, 512):
         n = 10 ** 8
-        per_vector = 4 * dim + overhead
+        per_vector = 4.25 * dim + overhead
         shards = -(-int(n * per_vector) // limit)
         nlist = _default_nlist(n)
         train_s = d["train_s"] * (39 * nlist * nlist) / (d["train_size"] * d["nlist"]) * dim / dim0
         fill_s = d["fill_s"] * (n * nlist) / (n0 * d["nlist"]) * dim / dim0
-        query_s = d["search_ms_per_query"] / 1000 * _search_work(n, shards, nlist, d["nprobe"], d["shortlist"]) / work0
+        query_s = d["search_ms_per_query"] / 1000 * _search_work(n, shards, nlist, d["nprobe"], reranked) / work0
         query_s *= dim / dim0
         cores = d["machine"]["cpus"]
         rows.append([_power(n), str(dim), f"{n * per_vector / 1e9:,.0f} GB", f"{shards} × ≤ {gib(limit)}",
@@ -628,6 +669,8 @@ TABLES = {
     "ablation_fashion_mnist": lambda res: ablation_table(res, "fashion_mnist", robust=False),
     "lam_validation_mnist": lambda res: lam_validation(res, "mnist"),
     "acquire_scale": acquire_scale,
+    "acquire_scale_targets": acquire_scale_targets,
+    "acquire_scale_compare": acquire_scale_compare,
     "acquire_scale_recall": acquire_scale_recall,
     "index_scale": index_scale,
     "index_1e8": index_1e8,
