@@ -25,7 +25,8 @@ from raydm2.acquisition.mixing import choose_neighbour, combined_distance, neare
 from raydm2.acquisition.hashing import PURPOSE_INDEX_SAMPLE, PURPOSE_SHARD, uniform
 from raydm2.acquisition.topk import TopK
 
-QUERY_CHUNK = 256
+QUERY_CHUNK = 256  # queries per exact d_c pass: 256 x candidates x d float64 values at a time
+SCAN_CHUNK = 4096  # queries per fast-scan call: big enough for FAISS's batching, small next to its BLAS threshold
 
 
 class KnnSettings(BaseModel):
@@ -41,7 +42,7 @@ class KnnSettings(BaseModel):
     # neighbours far down L2's order, so the default shortlist is long.
     shortlist_factor: int = Field(16, ge=4, le=256)
     # Fast-scan candidates per shortlist entry, re-ranked by exact L2 down to the shortlist.
-    scan_factor: int = Field(4, ge=1, le=64)
+    scan_factor: int = Field(4, ge=1, le=16)
     nlist: int | None = Field(None, gt=0)
     nprobe: int | None = Field(None, gt=0)
     train_sample: int = Field(100_000, gt=0)
@@ -93,8 +94,8 @@ class IVFParams:
 
 
 # Resident bytes of an IVF index of n d-dimensional vectors held by a search actor: the float32 vectors kept for
-# re-ranking, the fast-scan index (d/4 bytes of codes and an id per vector, in blocks of 32 per list) and the row
-# -> id map. The shards of benchmarks/results/index_scale.json hold 572 B/vector at d = 128 (this gives 844); the
+# re-ranking, the fast-scan index (d/4 bytes of codes for even d, an id per vector, blocks of 32 per list) and the
+# row -> id map. The shards of benchmarks/results/index_scale.json hold 572 B/vector at d = 128 (this gives 844); the
 # estimate errs high because arrays grow while a shard fills, to keep every shard under `index_bytes_per_actor`.
 def ivf_bytes(n: int, dim: int) -> int:
     return int(n * (1.5 * (4 * dim + 8) + 64))
@@ -115,8 +116,8 @@ def merge_nearest(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, 
 class IVFIndex:
     """FAISS IVF with 4-bit PQ fast-scan codes of unit vectors (L2, i.e. cosine) finds `scan` candidates per
     query; a flat copy of the vectors re-ranks them by exact L2 to a shortlist of k' ≥ 4k, and the shortlist is
-    re-ranked by exact d_c. Fast-scan reads a few bytes per candidate where IVF-Flat reads 4d, so probing enough
-    lists for recall ≥ 0.98 costs less than IVF-Flat's 32 probes did (benchmarks/results/acquire_scale.json).
+    re-ranked by exact d_c. Fast-scan reads a few bytes per candidate where IVF-Flat reads 4d, so at 10^6 probing
+    enough lists for recall ≥ 0.98 costs less than IVF-Flat's 32 probes did (benchmarks/results/acquire_scale.json).
 
     Both FAISS indexes number the vectors by row (the order they were added); `ids` maps rows to pool ids.
     """
@@ -157,45 +158,50 @@ class IVFIndex:
         """Rows are min(k, vectors - 1) wide, vectors counting every shard; a shard that has fewer candidates
         fills its rows with id -1 at distance inf. `probes` (from `probe`) skips the quantizer.
 
-        Each query's answer depends on that query alone (not on the others in its batch), so any split of the
-        pool into batches finds the same neighbours."""
+        Each query's answer depends on that query alone, so any split of the pool into batches finds the same
+        neighbours; chunks of SCAN_CHUNK queries keep the candidate arrays small whatever the batch."""
+        k_eff = min(k, self.params.vectors - 1)
+        out_i = np.full((len(query_ids), k_eff), -1, np.int64)
+        out_d = np.full((len(query_ids), k_eff), np.inf)
+        if not len(self.ids):  # a shard that holds nothing
+            return out_i, out_d
+        self.index.nprobe = self.params.nprobe
+        q = np.ascontiguousarray(query_z, np.float32)
+        query_ids = np.asarray(query_ids)
+        for s in range(0, len(q), SCAN_CHUNK):
+            part = slice(s, s + SCAN_CHUNK)
+            found = self._search_chunk(query_ids[part], q[part], k, k_eff,
+                                       None if probes is None else (probes[0][part], probes[1][part]))
+            out_i[part], out_d[part] = found
+        return out_i, out_d
+
+    def _search_chunk(self, query_ids: np.ndarray, q: np.ndarray, k: int, k_eff: int,
+                      probes: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
-        self.index.nprobe = self.params.nprobe
-        shortlist = max(self.params.shortlist, 4 * k) + 1  # +1: the query itself is usually its own nearest
-        scan = max(self.params.scan, shortlist)
-        q = np.ascontiguousarray(query_z, np.float32)
-        k_eff = min(k, self.params.vectors - 1)
+        shortlist = max(self.params.shortlist, 4 * k)
+        scan = max(self.params.scan, shortlist) + 1  # +1: FAISS finds the query itself, dropped below
         if probes is None:
             _, rows = self.index.search(q, scan)
         else:
-            _, rows = self.index.search_preassigned(q, scan, probes[1], probes[0])
+            _, rows = self.index.search_preassigned(q, scan, np.ascontiguousarray(probes[1], np.int64),
+                                                    np.ascontiguousarray(probes[0], np.float32))
         valid = rows >= 0
         rows = np.where(valid, rows, 0)
-        valid &= self.ids[rows] != np.asarray(query_ids)[:, None] if len(self.ids) else False
+        valid &= self.ids[rows] != query_ids[:, None]
         l2 = np.empty(rows.shape, np.float32)
-        if len(self.ids):
-            self.flat.compute_distance_subset(len(q), faiss.swig_ptr(q), rows.shape[1], faiss.swig_ptr(l2),
-                                              faiss.swig_ptr(rows))
-        l2 = np.where(valid, l2, np.inf)
-        if shortlist < rows.shape[1]:
-            keep = np.argpartition(l2, shortlist - 1, axis=1)[:, :shortlist]
-            rows, valid = np.take_along_axis(rows, keep, 1), np.take_along_axis(valid, keep, 1)
+        self.flat.compute_distance_subset(len(q), faiss.swig_ptr(q), scan, faiss.swig_ptr(l2), faiss.swig_ptr(rows))
+        keep = np.argpartition(np.where(valid, l2, np.inf), shortlist - 1, axis=1)[:, :shortlist]
+        rows, valid = np.take_along_axis(rows, keep, 1), np.take_along_axis(valid, keep, 1)
         vectors = faiss.rev_swig_ptr(self.flat.get_xb(), len(self.ids) * self.index.d).reshape(-1, self.index.d)
-        cand = np.where(valid, self.ids[rows] if len(self.ids) else -1, -1)
-        out_i = np.empty((len(q), k_eff), np.int64)
-        out_d = np.empty((len(q), k_eff), np.float64)
+        cand = np.where(valid, self.ids[rows], -1)
+        dist = np.full(cand.shape, np.inf)
         for s in range(0, len(q), QUERY_CHUNK):
-            c, ok = cand[s:s + QUERY_CHUNK], valid[s:s + QUERY_CHUNK]
-            dist = np.full(c.shape, np.inf)
-            if ok.any():  # a shard may hold nothing near a whole chunk
-                d_c = combined_distance(q[s:s + QUERY_CHUNK, None, :], vectors[rows[s:s + QUERY_CHUNK]],
-                                        self.l2_weight)[:, 0]
-                dist = np.where(ok, d_c, np.inf)
-            pick = np.lexsort((c, dist), axis=1)[:, :k_eff]
-            out_i[s:s + QUERY_CHUNK] = np.take_along_axis(c, pick, 1)
-            out_d[s:s + QUERY_CHUNK] = np.take_along_axis(dist, pick, 1)
-        return out_i, out_d
+            part = slice(s, s + QUERY_CHUNK)
+            d_c = combined_distance(q[part, None, :], vectors[rows[part]], self.l2_weight)[:, 0]
+            dist[part] = np.where(valid[part], d_c, np.inf)
+        pick = np.lexsort((cand, dist), axis=1)[:, :k_eff]
+        return np.take_along_axis(cand, pick, 1), np.take_along_axis(dist, pick, 1)
 
     def describe(self) -> dict:
         return {"kind": self.kind, **self.params.__dict__, "shard_vectors": [len(self)]}
@@ -278,8 +284,9 @@ def train_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], pa
     sample = best.result()
     train = np.stack(sample.column("z").to_numpy(zero_copy_only=False)).astype(np.float32)
     quantizer = faiss.IndexFlatL2(dim)
-    # Two dimensions per 4-bit sub-quantizer: coarser codes (d/4 of them) lost most of the recall that re-ranking
-    # could not win back on the scale pool.
+    # Two dimensions per 4-bit sub-quantizer: coarser codes (d/4 of them) lost recall on the scale pool that
+    # re-ranking could not win back. The codes quantize the vectors themselves, not their residuals (FAISS's
+    # default for fast-scan), which is what the recorded recalls measured.
     index = faiss.IndexIVFPQFastScan(quantizer, dim, params.nlist, dim // 2 if dim % 2 == 0 else dim, 4,
                                      faiss.METRIC_L2)
     index.cp.seed = seed
@@ -299,18 +306,26 @@ def fill_shard(trained: IVFIndex, batches: Callable[[], Iterator[tuple[np.ndarra
     them when there is one shard), from one streaming pass."""
     import faiss
 
-    index, flat = faiss.clone_index(trained.index), faiss.IndexFlatL2(trained.index.d)
+    flat = faiss.IndexFlatL2(trained.index.d)
     shards = trained.params.shards
     kept = []
     for ids, z in batches():
         if shards > 1:
             mine = shard_of(ids, shards, seed, round_) == shard
             ids, z = ids[mine], z[mine]
-        z = np.ascontiguousarray(z, np.float32)
-        index.add_with_ids(z, np.arange(flat.ntotal, flat.ntotal + len(z), dtype=np.int64))  # rows, see IVFIndex
-        flat.add(z)
+        flat.add(np.ascontiguousarray(z, np.float32))
         kept.append(np.asarray(ids, np.int64))
-    return IVFIndex(index, trained.params, trained.l2_weight, flat, np.concatenate(kept) if kept else None)
+    ids = np.concatenate(kept) if kept else np.empty(0, np.int64)
+    # The lists take the vectors in id order, whatever order the batches came in: fast-scan distances are coarse
+    # and tie often, and a tie at the `scan` cut goes to the earlier entry in its list, which must not depend on
+    # how an engine split the pool.
+    index = faiss.clone_index(trained.index)
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(-1, flat.d) if len(ids) else None
+    by_id = np.argsort(ids, kind="stable")
+    for s in range(0, len(ids), 65_536):
+        rows = by_id[s:s + 65_536]
+        index.add_with_ids(np.ascontiguousarray(vectors[rows]), rows.astype(np.int64))  # rows, see IVFIndex
+    return IVFIndex(index, trained.params, trained.l2_weight, flat, ids)
 
 
 def build_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], params: IVFParams, l2_weight: float,
