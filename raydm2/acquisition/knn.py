@@ -119,7 +119,8 @@ class IVFIndex:
     re-ranked by exact d_c. Fast-scan reads a few bytes per candidate where IVF-Flat reads 4d, so at 10^6 probing
     enough lists for recall ≥ 0.98 costs less than IVF-Flat's 32 probes did (benchmarks/results/acquire_scale.json).
 
-    Both FAISS indexes number the vectors by row (the order they were added); `ids` maps rows to pool ids.
+    Both FAISS indexes number a vector by its row in the flat copy (the order it arrived in; the IVF lists take the
+    vectors in id order, see `fill_shard`); `ids` maps rows to pool ids.
     """
 
     kind = "ivf"
