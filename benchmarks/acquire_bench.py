@@ -357,10 +357,11 @@ def _scale_recall(n: int, work: str, anchors: int) -> dict:
     default = index.params
     out = {"recall_at_10": recall(), "images": len(ids), "anchors": anchors, "index": index.describe(),
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "sweep": []}
-    # Around the default: fewer or more probes, a shorter or longer shortlist, each scanning 4 candidates per
-    # shortlist entry (recall only: the search times of this sweep are not a measurement of the pipeline's).
+    # Around the default: fewer or more probes, a shorter or longer shortlist, each scanning the default
+    # `scan_factor` candidates per shortlist entry (recall only: the search times of this sweep are not a measurement of the pipeline's).
     for nprobe, factor in ((32, 16), (64, 16), (128, 8), (128, 32), (256, 16)):
-        index.params = replace(default, nprobe=nprobe, shortlist=factor * knn.k, scan=4 * factor * knn.k)
+        index.params = replace(default, nprobe=nprobe, shortlist=factor * knn.k,
+                               scan=knn.scan_factor * factor * knn.k)
         out["sweep"].append({"nprobe": nprobe, "shortlist": factor * knn.k, "recall_at_10": recall()})
         print(out["sweep"][-1], flush=True)
     return out

@@ -207,9 +207,8 @@ def acquire_knn(res: Results, name: str = "acquire_knn") -> str:
 
 
 def _shortlist(index: dict) -> str:
-    """Shortlist re-ranked by d_c, and fast-scan candidates re-ranked by L2 down to it; records from before the
-    fast-scan index (IVF-Flat, no `scan`) have the shortlist alone."""
-    return f"{index['shortlist']} / {index['scan']}" if "scan" in index else f"{index['shortlist']} (IVF-Flat)"
+    """Shortlist re-ranked by d_c, and fast-scan candidates re-ranked by L2 down to it."""
+    return f"{index['shortlist']} / {index['scan']}"
 
 
 FLOOR_MODELS = {"small_cnn": "small CNN", "resnet18": "resnet18 (CIFAR stem)"}
@@ -259,16 +258,32 @@ def train_round(res: Results) -> str:
     return table(["", "median to checkpoint", "median command", "each run (s)", "clean accuracy"], "lrrlr", rows)
 
 
+# The scale run before the fast-scan index, kept beside the current one.
+SCALE_RECORDS = ("acquire_scale_ivf_flat", "acquire_scale")
+
+
 def acquire_scale(res: Results) -> str:
+    """Each scale record's runs (the IVF-Flat one before the current one), with the recall and RSS ratio measured
+    at the largest size."""
     rows = []
-    for r in res.json("acquire_scale")["runs"]:
-        ix = r["index"]
-        index = "exact" if ix["kind"] == "exact" else f"IVF nlist {ix['nlist']:,}, nprobe {ix['nprobe']:,}"
-        rows.append([_power(r["images"]), f"{r['total_s']:,.0f} s", f"{r['s_per_image'] * 1000:.1f} ms",
-                     f"{r['driver_peak_rss_mib']:,.0f} MiB ({r['driver_rss_before_mib']:,.0f})", stages(r["timings"]),
-                     index])
-    return table(["images", "total", "per image", "driver peak RSS (before)", "embed / index / search / mix+score (s)",
-                  "index"], "rrrrll", rows)
+    for name in SCALE_RECORDS:
+        d = res.json(name)
+        for r in d["runs"]:
+            ix = r["index"]
+            index = "exact" if ix["kind"] == "exact" else f"{_ivf_kind(ix)} nlist {ix['nlist']:,}, nprobe {ix['nprobe']}"
+            largest = r["images"] == max(x["images"] for x in d["runs"])
+            rows.append([index, _power(r["images"]), f"{r['total_s']:,.0f} s", f"{r['s_per_image'] * 1000:.1f} ms",
+                         stages(r["timings"]),
+                         f"{r['driver_peak_rss_mib']:,.0f} MiB ({r['driver_rss_before_mib']:,.0f})",
+                         f"{d['recall_at_10']:.4f}" if largest else "",
+                         f"{d['rss_ratio_1e6_1e5']:.3f}" if largest else ""])
+    return table(["index", "images", "total", "per image", "embed / index / search / mix+score (s)",
+                  "driver peak RSS (before)", "recall@10", "RSS 10^6 / 10^5"], "lrrrlrrr", rows)
+
+
+def _ivf_kind(index: dict) -> str:
+    # Records from before the fast-scan index have no `scan`.
+    return "fast-scan IVF" if "scan" in index else "IVF-Flat"
 
 
 def acquire_scale_targets(res: Results) -> str:
@@ -280,25 +295,6 @@ def acquire_scale_targets(res: Results) -> str:
             ["driver peak RSS, 10^6 / 10^5", f"{d['rss_ratio_1e6_1e5']:.3f}", "≤ 1.3", d["rss_ratio_1e6_1e5"] <= 1.3]]
     return table(["key", "measured", "target", "met"], "lrrl",
                  [r[:3] + ["yes" if r[3] else "**no**"] for r in rows])
-
-
-SCALE_RECORDS = {"acquire_scale_ivf_flat": "IVF-Flat (before)", "acquire_scale": "fast-scan (now)"}
-
-
-def acquire_scale_compare(res: Results) -> str:
-    """The scale runs before and after the fast-scan index: time, driver growth over its state before the
-    acquisition, and recall at 10^6."""
-    rows = []
-    for name, label in SCALE_RECORDS.items():
-        d = res.json(name)
-        for r in d["runs"]:
-            grew = r["driver_peak_rss_mib"] - r["driver_rss_before_mib"]
-            rows.append([label, _power(r["images"]), f"{r['total_s']:,.0f} s", stages(r["timings"]),
-                         f"{r['driver_peak_rss_mib']:,.0f} MiB (+{grew:,.0f})",
-                         f"{d['recall_at_10']:.4f}" if r["images"] == 10**6 else "",
-                         f"{d['rss_ratio_1e6_1e5']:.3f}" if r["images"] == 10**6 else ""])
-    return table(["index", "images", "total", "embed / index / search / mix+score (s)",
-                  "driver peak RSS (growth)", "recall@10", "RSS 10^6 / 10^5"], "lrrlrrr", rows)
 
 
 def acquire_scale_recall(res: Results) -> str:
@@ -331,7 +327,7 @@ def index_scale(res: Results) -> str:
 
 
 def _default_nlist(n: int) -> int:
-    # raydm2/acquisition/knn.py default_ivf_params, for n far above 39 * nlist.
+    # raydm2/acquisition/knn.py ivf_params, for n far above 39 * nlist.
     return int(min(65_536, max(16, 4 * n ** 0.5)))
 
 
@@ -487,14 +483,14 @@ def select_table(res: Results, name: str) -> str:
     dm2 = dm2_ran_with(res, name)
     labels = s["initial"] + s["per_round"] * s["rounds"]
     order = sorted(d["summary"], key=lambda k: -d["summary"][k]["aubc"]["mean"])
+    note = _preset_note(res, name, dm2)
+    label = _dm2_label(dm2) if note == "the preset" else f"{_dm2_label(dm2)[:-1]}, {note})"
     rows = []
     for strategy in order:
         m = d["summary"][strategy]
         acquire = f1(m["acquire_s_per_round"]["mean"])
         if (name, strategy) in ACQUIRE_NOTES:
             acquire += f" ({ACQUIRE_NOTES[name, strategy]})"
-        label = _dm2_label(dm2) if _preset_note(res, name, dm2) == "the preset" else _dm2_label(dm2)[:-1] + ", " + \
-            _preset_note(res, name, dm2) + ")"
         rows.append([f"{bold('dm2')} {label}" if strategy == "dm2" else strategy, pm(m["aubc"]),
                      pm(m["robust_aubc"]), pm(m["final_accuracy"]), pm(m["final_robust_accuracy"]),
                      ", ".join(f"{x:.3f}" for x in _per_seed(res, folder, strategy, d["seeds"])), acquire,
@@ -670,7 +666,6 @@ TABLES = {
     "lam_validation_mnist": lambda res: lam_validation(res, "mnist"),
     "acquire_scale": acquire_scale,
     "acquire_scale_targets": acquire_scale_targets,
-    "acquire_scale_compare": acquire_scale_compare,
     "acquire_scale_recall": acquire_scale_recall,
     "index_scale": index_scale,
     "index_1e8": index_1e8,

@@ -3,7 +3,7 @@ import pickle
 
 from raydm2.acquisition.mixing import combined_distance, nearest, unit
 from raydm2.acquisition.knn import (ExactIndex, KnnSettings, ShardedIndex, build_index, build_ivf,
-                                    default_ivf_params, ivf_bytes, merge_nearest, shard_of)
+                                    ivf_bytes, ivf_params, merge_nearest, shard_of)
 
 
 def test_combined_distance_matches_its_definition():
@@ -46,7 +46,7 @@ def test_ivf_with_exhaustive_probe_matches_exact():
     z = unit((centres[rng.integers(0, 20, 4000)] + 0.3 * rng.normal(size=(4000, 16))).astype(np.float32))
     ids = np.arange(4000) * 2 + 1
     exact_i, _ = ExactIndex(ids, z, 0.5).search(ids[:300], z[:300], 10)
-    params = default_ivf_params(4000, 10, nlist=32, nprobe=32, shortlist_factor=8, train_sample=2000)
+    params = ivf_params(4000, KnnSettings(mode="ivf", nlist=32, nprobe=32, shortlist_factor=8, train_sample=2000))
     ivf = pickle.loads(pickle.dumps(build_ivf(lambda: iter([(ids, z)]), params, 0.5, seed=0, round_=1)))
     got_i, got_d = ivf.search(ids[:300], z[:300], 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got_i, exact_i)])
@@ -156,11 +156,11 @@ def test_shards_that_hold_nothing_near_a_query_answer_with_missing_entries():
 def test_default_nprobe_grows_with_nlist_up_to_the_measured_cap():
     from raydm2.acquisition.knn import NPROBE_CAP
 
-    probes = {n: default_ivf_params(n, 10, None, None, 16, 100_000) for n in (10_000, 200_000, 10**6, 10**8)}
+    probes = {n: ivf_params(n, KnnSettings()) for n in (10_000, 200_000, 10**6, 10**8)}
     assert [probes[n].nprobe for n in (10_000, 200_000)] == [max(8, probes[n].nlist // 16) for n in (10_000, 200_000)]
     assert probes[200_000].nprobe < NPROBE_CAP
     # nlist/16 would probe 250 lists at 10^6 and 2,500 at 10^8: every query would scan n/16 vectors.
     assert [probes[n].nprobe for n in (10**6, 10**8)] == [NPROBE_CAP] * 2 == [128] * 2
     assert probes[10**6].nlist == 4000
     assert (probes[10**6].shortlist, probes[10**6].scan) == (160, 640)
-    assert default_ivf_params(10**6, 10, None, 100, 8, 100_000).nprobe == 100  # a user's setting wins
+    assert ivf_params(10**6, KnnSettings(nprobe=100)).nprobe == 100  # a user's setting wins

@@ -194,7 +194,7 @@ class IVFIndex:
         self.flat.compute_distance_subset(len(q), faiss.swig_ptr(q), scan, faiss.swig_ptr(l2), faiss.swig_ptr(rows))
         keep = np.argpartition(np.where(valid, l2, np.inf), shortlist - 1, axis=1)[:, :shortlist]
         rows, valid = np.take_along_axis(rows, keep, 1), np.take_along_axis(valid, keep, 1)
-        vectors = faiss.rev_swig_ptr(self.flat.get_xb(), len(self.ids) * self.index.d).reshape(-1, self.index.d)
+        vectors = _flat_vectors(self.flat)
         cand = np.where(valid, self.ids[rows], -1)
         dist = np.full(cand.shape, np.inf)
         for s in range(0, len(q), QUERY_CHUNK):
@@ -243,18 +243,18 @@ def merged_description(shards: list[dict]) -> dict:
 NPROBE_CAP = 128
 
 
-def default_ivf_params(n: int, k: int, nlist: int | None, nprobe: int | None, shortlist_factor: int,
-                       train_sample: int, shards: int | None = None, scan_factor: int = 4) -> IVFParams:
-    nlist = nlist or int(min(65_536, max(16, 4 * math.sqrt(n))))
+def ivf_params(n: int, knn: KnnSettings) -> IVFParams:
+    """The IVF settings for `n` vectors: the user's `knn` values where set, the defaults below otherwise."""
+    nlist = knn.nlist or int(min(65_536, max(16, 4 * math.sqrt(n))))
     nlist = min(nlist, max(1, n // 39))  # FAISS wants ≥ 39 training points per list
     return IVFParams(
         nlist=nlist,
-        nprobe=min(nlist, nprobe or max(8, min(nlist // 16, NPROBE_CAP))),
-        shortlist=shortlist_factor * k,
-        scan=scan_factor * shortlist_factor * k,
-        train_size=min(n, max(train_sample, 39 * nlist)),
+        nprobe=min(nlist, knn.nprobe or max(8, min(nlist // 16, NPROBE_CAP))),
+        shortlist=knn.shortlist_factor * knn.k,
+        scan=knn.scan_factor * knn.shortlist_factor * knn.k,
+        train_size=min(n, max(knn.train_sample, 39 * nlist)),
         vectors=n,
-        shards=shards,
+        shards=knn.shards,
     )
 
 
@@ -321,12 +321,21 @@ def fill_shard(trained: IVFIndex, batches: Callable[[], Iterator[tuple[np.ndarra
     # and tie often, and a tie at the `scan` cut goes to the earlier entry in its list, which must not depend on
     # how an engine split the pool.
     index = faiss.clone_index(trained.index)
-    vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(-1, flat.d) if len(ids) else None
+    vectors = _flat_vectors(flat)
     by_id = np.argsort(ids, kind="stable")
     for s in range(0, len(ids), 65_536):
         rows = by_id[s:s + 65_536]
         index.add_with_ids(np.ascontiguousarray(vectors[rows]), rows.astype(np.int64))  # rows, see IVFIndex
     return IVFIndex(index, trained.params, trained.l2_weight, flat, ids)
+
+
+def _flat_vectors(flat) -> np.ndarray:
+    """The vectors an IndexFlat holds, as a numpy view of its storage (no copy; valid while `flat` lives)."""
+    import faiss
+
+    if not flat.ntotal:
+        return np.empty((0, flat.d), np.float32)
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(-1, flat.d)
 
 
 def build_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], params: IVFParams, l2_weight: float,
@@ -335,11 +344,6 @@ def build_ivf(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], pa
     trained = train_ivf(batches, params, l2_weight, seed, round_, index_bytes_per_actor)
     shards = [fill_shard(trained, batches, s, seed, round_) for s in range(trained.params.shards)]
     return shards[0] if len(shards) == 1 else ShardedIndex(shards)
-
-
-def ivf_params(n: int, knn: KnnSettings) -> IVFParams:
-    return default_ivf_params(n, knn.k, knn.nlist, knn.nprobe, knn.shortlist_factor, knn.train_sample, knn.shards,
-                              knn.scan_factor)
 
 
 def build_index(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], n: int, knn: KnnSettings,
