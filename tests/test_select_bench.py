@@ -1,4 +1,5 @@
-"""The selection benchmark's validation split: tuning must never evaluate on the test subset the tables report."""
+"""The selection benchmark's pools: a validation split that tuning evaluates on, never the test subset the tables
+report, and the long-tailed cuts of the imbalanced protocols."""
 
 import os
 import sys
@@ -35,3 +36,32 @@ def test_validation_split_is_carved_from_the_train_subset_and_never_touches_test
     assert not (fit_i | val_i) & test_i and len(test_i) == 500
     # Seeded: the same split again.
     assert select_bench.pools("mnist", "unused", str(tmp_path), "validation") == (fit, val)
+
+
+def test_long_tailed_cut_keeps_the_exponential_profile_from_the_smallest_class():
+    rng = np.random.default_rng(0)
+    # 100 images of each class but class 0, which has 130: the head keeps 100 (the smallest class's count).
+    y = rng.permutation(np.concatenate([np.repeat(np.arange(10), 100), np.zeros(30, int)]))
+    keep = select_bench.long_tailed(y, 10)
+    # ⌊100 · 10^(−c/9)⌋, worked by hand.
+    assert np.bincount(y[keep]).tolist() == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+    assert np.all(np.diff(keep) > 0)
+    # Each class keeps its first images, so a cut at ratio 50 is inside the cut at ratio 10.
+    assert set(select_bench.long_tailed(y, 50)) < set(keep)
+    assert np.bincount(y[select_bench.long_tailed(y, 50)])[-1] == 2
+
+
+def test_long_tailed_pools_cut_the_pool_only(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (1000, 28, 28), dtype=np.uint8), np.repeat(np.arange(10), 100),
+              rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.repeat(np.arange(10), 20))
+    monkeypatch.setattr(select_bench, "_arrays", lambda dataset, data_root: arrays)
+
+    def counts(uri):
+        return np.bincount(pool.read_columns(uri, ["label"]).column("label").to_numpy()).tolist()
+
+    train, test = select_bench.pools("fashion_mnist", "unused", str(tmp_path), "test", long_tail=10)
+    assert counts(train) == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10] and counts(test) == [20] * 10
+    # The balanced protocol's pools are other folders, untouched.
+    balanced, _ = select_bench.pools("fashion_mnist", "unused", str(tmp_path), "test")
+    assert balanced != train and counts(balanced) == [100] * 10

@@ -58,6 +58,9 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
         assert rows[0]["acquire_s"] == 0.0 and all(r["acquire_s"] > 0.0 for r in rows[1:])
         assert run["aubc"] == pytest.approx(aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]))
         assert report["summary"][name]["aubc"]["mean"] == pytest.approx(run["aubc"])
+        assert run["balanced_aubc"] == pytest.approx(aubc([r["labels"] for r in rows],
+                                                          [r["balanced_accuracy"] for r in rows]))
+        assert report["summary"][name]["balanced_aubc"]["mean"] == pytest.approx(run["balanced_aubc"])
         assert run["environment"] == environment() and report["summary"][name]["environments"] == [environment()]
     # Same seed, same class-covering initial set, same deterministic training: round 0 is identical.
     assert runs["random"]["seed_salt"] == runs["margin"]["seed_salt"]
@@ -99,14 +102,16 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
         simulate(elsewhere, str(tmp_path / "other-out"), title="sample", records=kept)
 
     # A record made in another environment has matching settings and is resumed, but the report says its runs mix
-    # environments.
+    # environments. One from before balanced accuracy was measured leaves it out of its strategy's summary.
     path = os.path.join(records, "margin-seed0.json")
     older = {**json.load(open(path)), "environment": "raydm2 000000000000, torch 0 (AVX2, 1 threads), numpy 0"}
+    del older["balanced_aubc"]
     with open(path, "w") as f:
         json.dump(older, f)
     mixed = simulate(plan, out, title="sample")
     assert mixed["summary"]["margin"]["environments"] == [older["environment"]]
     assert mixed["summary"]["random"]["environments"] == [environment()]
+    assert "balanced_aubc" not in mixed["summary"]["margin"] and "balanced_aubc" in mixed["summary"]["random"]
     assert "2 environments" in open(os.path.join(out, "results.md")).read()
 
 

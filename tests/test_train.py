@@ -15,6 +15,7 @@ from raydm2.ledger.config import ProjectConfig
 from raydm2.models import checkpoint
 from raydm2.models.fgsm import dm2at_loss, fgsm
 from raydm2.models.registry import ModelSpec, build
+from raydm2.training.epochs import accuracy_counts, accuracy_metrics
 from raydm2.training.ray_trainer import TrainOptions, fit
 
 SPEC = ModelSpec("small_cnn", 10, 1, 28)
@@ -54,6 +55,27 @@ def test_two_worker_ddp_learns_on_disjoint_shards_without_extra_allreduce(ray_cl
     assert len([d for d in (tmp_path / "runs" / "ddp").glob("checkpoint_*") if d.is_dir()]) == 1
     model = build(SPEC)
     model.load_state_dict(weights)
+    # Each worker counted its half of the test pool per class; their sum is what one process counts on all of it,
+    # so the balanced accuracy is the whole test set's, not a mean of the workers'.
+    table = pool.read_columns(config.test_pool, ["image", "label"])
+    x = np.stack([decode(b, ImageSpec(28, 1)) for b in table.column("image").to_pylist()])
+    whole = accuracy_metrics(accuracy_counts(model, x, table.column("label").to_numpy(), 2 / 255, "cpu", 10),
+                             2 / 255)
+    assert {k: metrics[k] for k in whole} == pytest.approx(whole, abs=1e-9)
+
+
+def test_balanced_accuracy_is_the_mean_recall_over_the_classes_the_test_set_has():
+    class AlwaysZero(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0, 0.0]]).repeat(len(x), 1)
+
+    # 90 images of class 0 and 10 of class 1; class 2 has none, so it is left out of the mean, not counted as 0.
+    y = np.array([0] * 90 + [1] * 10)
+    counts = accuracy_counts(AlwaysZero(), np.zeros((100, 4, 4, 1), np.uint8), y, 0.0, "cpu", 3)
+    assert counts.tolist() == [[90, 0, 0], [90, 0, 0], [90, 10, 0]]
+    m = accuracy_metrics(counts, 0.0)
+    assert (m["clean_accuracy"], m["robust_accuracy"], m["balanced_accuracy"], m["test_images"]) == (0.9, 0.9, 0.5,
+                                                                                                     100)
 
 
 def test_automatic_checkpoints_cost_at_most_a_set_amount_of_training():

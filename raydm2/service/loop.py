@@ -196,7 +196,7 @@ def train(project: Project, round_: int | None = None, opts=None) -> dict:
         model.load_state_dict(weights)
         checkpoint.save(model, spec, project.checkpoint_dir(n),
                         extra={"round": n, "config_hash": project.config.hash(), "labels": labels.num_rows})
-        keep = ("clean_accuracy", "robust_accuracy", "train_loss", "images_per_s", "epoch", "test_images",
+        keep = ("clean_accuracy", "robust_accuracy", "balanced_accuracy", "train_loss", "images_per_s", "epoch", "test_images",
                 "eval_epsilon", "train_rows")
         project.update(
             n,

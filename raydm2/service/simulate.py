@@ -128,14 +128,16 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "
             "engine": plan.engine,
             "settings": settings_key(plan, config, data), "environment": environment(), "rounds": rows,
             "aubc": aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]),
-            "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows])}
+            "robust_aubc": aubc([r["labels"] for r in rows], [r["robust_accuracy"] for r in rows]),
+            "balanced_aubc": aubc([r["labels"] for r in rows], [r["balanced_accuracy"] for r in rows])}
 
 
 def _row(n: int, labels_count: int, metrics: dict, acquire_s: float, train_s: float | None) -> dict:
     # acquire_s is the acquisition that made round n (round 0 is the random seed: none)
     progress.note(f"round {n}: {labels_count} labels, accuracy {metrics.get('clean_accuracy', float('nan')):.3f}")
     return {"round": n, "labels": labels_count, "clean_accuracy": metrics.get("clean_accuracy"),
-            "robust_accuracy": metrics.get("robust_accuracy"), "acquire_s": acquire_s, "train_s": train_s}
+            "robust_accuracy": metrics.get("robust_accuracy"), "balanced_accuracy": metrics.get("balanced_accuracy"),
+            "acquire_s": acquire_s, "train_s": train_s}
 
 
 def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str, rows: list[dict]) -> int:
@@ -278,6 +280,10 @@ def summarise(runs: list[dict]) -> dict:
                        "robust_accuracy": _mean_std([r["rounds"][i]["robust_accuracy"] for r in rs])}
                       for i in range(rounds)],
         }
+        # Records from before balanced accuracy was measured have none; a summary never mixes the two.
+        if all("balanced_aubc" in r for r in rs):
+            out[name]["balanced_aubc"] = _mean_std([r["balanced_aubc"] for r in rs])
+            out[name]["final_balanced_accuracy"] = _mean_std([r["rounds"][-1]["balanced_accuracy"] for r in rs])
     return out
 
 

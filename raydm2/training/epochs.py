@@ -38,25 +38,33 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 @torch.no_grad()
-def accuracy_counts(model, x: np.ndarray, y: np.ndarray, epsilon: float, device) -> tuple[int, int, int]:
-    """(clean correct, FGSM-robust correct, n) in eval mode; the attack itself needs gradients."""
+def accuracy_counts(model, x: np.ndarray, y: np.ndarray, epsilon: float, device, num_classes: int) -> np.ndarray:
+    """Per class: (clean correct, FGSM-robust correct, images), shape (3, num_classes), in eval mode. Counts, not
+    rates, so workers' shards (an empty one included) add up; per class, so a long-tailed test set can report
+    balanced accuracy. The attack itself needs gradients."""
     module = getattr(model, "module", model)
     module.eval()
-    clean = robust = 0
+    counts = torch.zeros(3, num_classes, dtype=torch.float64, device=device)
     for s in range(0, len(y), 512):
         xb = to_tensor(x[s:s + 512]).to(device)
         yb = torch.from_numpy(y[s:s + 512]).to(device)
-        clean += int((module(xb).argmax(1) == yb).sum())
+        logits = module(xb)
         with torch.enable_grad():
             adv = fgsm(module, xb, yb, epsilon) if epsilon > 0 else xb
-        robust += int((module(adv).argmax(1) == yb).sum())
+        hits = torch.stack([logits.argmax(1) == yb, module(adv).argmax(1) == yb, torch.ones_like(yb, dtype=bool)])
+        counts.index_add_(1, yb, hits.to(torch.float64))
     module.train()
-    return clean, robust, len(y)
+    return counts.cpu().numpy()
 
 
-def accuracy_metrics(clean: float, robust: float, n: float, epsilon: float) -> dict:
-    return {"clean_accuracy": clean / max(n, 1), "robust_accuracy": robust / max(n, 1), "test_images": int(n),
-            "eval_epsilon": epsilon}
+def accuracy_metrics(counts: np.ndarray, epsilon: float) -> dict:
+    """Accuracies from `accuracy_counts` (summed over workers). Balanced accuracy is the mean recall over the
+    classes the test set has."""
+    clean, robust, n = np.asarray(counts, float)
+    present = n > 0
+    return {"clean_accuracy": clean.sum() / max(n.sum(), 1), "robust_accuracy": robust.sum() / max(n.sum(), 1),
+            "balanced_accuracy": float(np.mean(clean[present] / n[present])) if present.any() else 0.0,
+            "test_images": int(n.sum()), "eval_epsilon": epsilon}
 
 
 def even_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -116,6 +124,7 @@ def fit_in_process(config: ProjectConfig, x: np.ndarray, y: np.ndarray, x_test: 
     train_epochs(model, optimizer, x, y.astype(np.int64), cfg, config.seed, 0, device, config.image.channels == 3, 0,
                  lambda _, m: metrics.update(m))
     if x_test is not None:
-        counts = accuracy_counts(model, x_test, y_test.astype(np.int64), cfg.epsilon, device)
-        metrics.update(accuracy_metrics(*counts, cfg.epsilon))
+        counts = accuracy_counts(model, x_test, y_test.astype(np.int64), cfg.epsilon, device,
+                                 config.num_classes)
+        metrics.update(accuracy_metrics(counts, cfg.epsilon))
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics

@@ -109,7 +109,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             return  # the relay has the epoch's figures; Ray Train gets checkpoints only
         if last and "test" in job.shards:
             # Evaluated before the final report so the metrics travel with the final checkpoint.
-            metrics.update(_evaluate(model, cfg.epsilon, device, world, job.shards["test"][rank]))
+            metrics.update(_evaluate(model, cfg.epsilon, device, world, job.shards["test"][rank],
+                                      job.model.num_classes))
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
@@ -122,12 +123,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                  report)
 
 
-def _evaluate(model, epsilon: float, device, world: int, shard: list) -> dict:
+def _evaluate(model, epsilon: float, device, world: int, shard: list, num_classes: int) -> dict:
     _, x_test, y_test = load_shard(shard)
-    counts = torch.tensor(accuracy_counts(model, x_test, y_test, epsilon, device), dtype=torch.float64)
+    counts = torch.from_numpy(accuracy_counts(model, x_test, y_test, epsilon, device, num_classes))
     if world > 1:
         torch.distributed.all_reduce(counts)
-    return accuracy_metrics(*counts.tolist(), epsilon)
+    return accuracy_metrics(counts.numpy(), epsilon)
 
 
 # ---- the driver side -----------------------------------------------------------------------------------------
