@@ -20,6 +20,7 @@ import json
 import os
 import re
 import statistics
+import string
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -385,6 +386,18 @@ PROTOCOL_ROWS = {
         "model": "same",
         "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
     },
+    "imbalanced_fashion_mnist_10": {
+        "name": "`imbalanced_fashion_mnist_10`",
+        "pool": "same, cut long-tailed to a head/tail ratio of {long_tail} (below); the test subset is not cut",
+        "model": "same",
+        "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
+    },
+    "imbalanced_fashion_mnist_50": {
+        "name": "`imbalanced_fashion_mnist_50`",
+        "pool": "same, ratio {long_tail}",
+        "model": "same",
+        "plan": "same",
+    },
     "cifar10_cpu": {
         "name": "`cifar10_cpu` (CPU-sized)",
         "pool": "the shared CIFAR-10 subset: {pool_subset:,} train, {test_subset:,} test",
@@ -392,9 +405,21 @@ PROTOCOL_ROWS = {
                  "ε = {epsilon}",
         "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
     },
+    "imbalanced_cifar10_10": {
+        "name": "`imbalanced_cifar10_10`",
+        "pool": "same, cut long-tailed to a head/tail ratio of {long_tail}; the test subset is not cut",
+        "model": "same",
+        "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
+    },
+    "imbalanced_cifar10_50": {
+        "name": "`imbalanced_cifar10_50`",
+        "pool": "same, ratio {long_tail}",
+        "model": "same",
+        "plan": "same",
+    },
     "cifar10_gpu": {
         "name": "`cifar10_gpu` (the paper's; documented, not run here)",
-        "pool": "same",
+        "pool": "`cifar10_cpu`'s",
         "model": "{arch}, {optimizer} {lr}, wd {weight_decay}, batch {batch_size}, {epochs} epochs{use_gpu}",
         "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
     },
@@ -402,8 +427,9 @@ PROTOCOL_ROWS = {
 ARCHS = {"small_cnn": "small CNN", "resnet18": "ResNet-18",
          "resnet8": "ResNet-8 (He et al.'s CIFAR ResNet, 16/32/64 channels, 78k parameters)"}
 OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}
-PROTOCOL_FIELDS = {"pool": ("dataset", "pool_subset", "test_subset"),
-                   "model": ("arch", "optimizer", "lr", "weight_decay", "batch_size", "epochs", "epsilon", "use_gpu")}
+PROTOCOL_FIELDS = {"pool": ("dataset", "pool_subset", "test_subset", "long_tail"),
+                   "model": ("arch", "optimizer", "lr", "weight_decay", "batch_size", "epochs", "epsilon", "use_gpu"),
+                   "plan": ("initial", "per_round", "rounds", "seeds")}
 
 
 def _protocol_fields(res: Results, name: str) -> dict:
@@ -412,6 +438,7 @@ def _protocol_fields(res: Results, name: str) -> dict:
     pre = preset(p["preset"])
     arch = p["settings"].get("model", {}).get("arch", pre["arch"])
     return {"dataset": p["dataset"], "pool_subset": p["pool_subset"], "test_subset": p["test_subset"],
+            "long_tail": p.get("long_tail"),
             "arch": ARCHS[arch], "optimizer": OPTIMIZERS[train["optimizer"]], "lr": short_float(train["lr"]),
             "weight_decay": short_float(train["weight_decay"]) if "weight_decay" in train else None,
             "batch_size": train["batch_size"], "epochs": train["epochs"], "epsilon": epsilon(pre["epsilon"]),
@@ -427,8 +454,10 @@ def select_protocols(res: Results) -> str:
         for column in ("pool", "model", "plan"):
             template = words[column]
             if template.startswith("same"):
+                # "same" is every field of the row above; "same, <words>" all but the dataset and what <words> name.
+                named = {"dataset"} | {f for _, f, _, _ in string.Formatter().parse(template) if f}
                 same = PROTOCOL_FIELDS[column] if template == "same" else tuple(
-                    f for f in PROTOCOL_FIELDS[column] if f != "dataset")
+                    f for f in PROTOCOL_FIELDS[column] if f not in named)
                 differ = [f for f in same if above is None or fields[f] != above[f]]
                 if differ:
                     raise ValueError(f"protocol table: {name}'s {column} is written 'same' but differs in {differ}")

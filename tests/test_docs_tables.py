@@ -62,3 +62,24 @@ def test_unknown_or_unclosed_markers_are_errors(tables, tmp_path):
     copy.write_text(text[:closed] + text[closed + len("<!-- /table -->"):])
     with pytest.raises(ValueError, match="train"):
         tables.check(str(copy))
+
+
+@pytest.mark.parametrize("name, field, column", [("imbalanced_fashion_mnist_50", "initial", "plan"),
+                                                  ("imbalanced_fashion_mnist_50", "test_subset", "pool"),
+                                                  ("imbalanced_fashion_mnist_10", "long_tail", None)])
+def test_a_protocol_cell_written_same_is_checked_against_the_row_above(tables, monkeypatch, name, field, column):
+    """'same' claims every field of the row above, 'same, <words>' all but the dataset and the fields <words>
+    show: changing a claimed field is an error, changing a shown one only changes the cell."""
+    real = tables.protocol
+
+    def changed(res, protocol):
+        p = real(res, protocol)
+        return {**p, field: p[field] * 2} if protocol == name else p
+
+    monkeypatch.setattr(tables, "protocol", changed)
+    if column:
+        with pytest.raises(ValueError, match=f"{name}'s {column} is written 'same' but differs in \\['{field}'\\]"):
+            tables.select_protocols(tables.Results())
+    else:
+        assert f"| `{name}` | same, cut long-tailed to a head/tail ratio of 20 " in \
+            tables.select_protocols(tables.Results())
