@@ -87,6 +87,16 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, gt=0)
 
 
+class PretrainSettings(_Strict):
+    """`raydm2 pretrain`'s SimCLR run: not a project setting (a project only names the file it wrote, in
+    `model.weights`). `lr` is for a batch of 256 and scales with `batch_size`, as in SimCLR."""
+
+    epochs: int = Field(20, gt=0, le=10_000)
+    batch_size: int = Field(256, ge=4, le=65_536)
+    lr: float = Field(0.06, gt=0.0)
+    temperature: float = Field(0.5, gt=0.0)
+
+
 class ComputeConfig(_Strict):
     """Acquisition's actor pool."""
 
@@ -235,6 +245,13 @@ def validate_config(data, source: str = "project.yaml") -> ProjectConfig:
         return ProjectConfig.model_validate(data)
     except ValidationError as exc:
         raise RayDM2Error(f"invalid {source}: {_describe(exc)}") from None
+
+
+def validate_pretrain(data: dict) -> PretrainSettings:
+    try:
+        return PretrainSettings.model_validate(data)
+    except ValidationError as exc:
+        raise RayDM2Error(f"invalid pretrain settings: {_describe(exc)}") from None
 
 
 def parse_config_yaml(text: str, source: str = "project.yaml") -> ProjectConfig:

@@ -15,8 +15,8 @@ from raydm2.errors import RayDM2Error
 from raydm2.ledger.presets import PRESETS
 from raydm2.service import console, demo
 from raydm2.service.commands import (cmd_acquire, cmd_export, cmd_ingest, cmd_init, cmd_label, cmd_report,
-                                     cmd_requery, cmd_round, cmd_schedule, cmd_seed, cmd_simulate, cmd_status,
-                                     cmd_train)
+                                     cmd_pretrain, cmd_requery, cmd_round, cmd_schedule, cmd_seed, cmd_simulate,
+                                     cmd_status, cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="a `raydm2 simulate` results.json of the same pool: its random strategy's "
                    "curve is drawn beside the project's")
     p.set_defaults(func=cmd_report)
+
+    p = add("pretrain", help="SimCLR on a pool's images (Ray Train) -> backbone weights for model.weights")
+    p.add_argument("--pool", required=True, help="the images to learn from (labels, if any, are not read)")
+    p.add_argument("--out", required=True, help="the backbone's state-dict file to write (.pt)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="the model and image settings the projects will use")
+    p.add_argument("--config", help="a YAML file of settings, merged over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. train.num_workers=2 (model.*, image.*, seed and train's workers and GPU apply)")
+    p.add_argument("--epochs", type=int, help="default 20")
+    p.add_argument("--batch-size", type=int, help="global batch, split across workers (default 256)")
+    p.add_argument("--lr", type=float, help="SGD learning rate for a batch of 256 (default 0.06)")
+    p.add_argument("--temperature", type=float, help="NT-Xent temperature (default 0.5)")
+    p.add_argument("--runs", help="Ray Train storage, where a re-run resumes (default: pretrain_runs/ beside --out)")
+    p.set_defaults(func=cmd_pretrain, test_pool=None)
 
     p = add("simulate", help="active-learning runs with oracle labels: strategies x seeds -> AUBC")
     p.add_argument("--out", required=True, help="folder for records/, runs/ (scratch), results.json, results.md, "

@@ -10,7 +10,7 @@ import yaml
 from raydm2.data import ingest as ingest_mod
 from raydm2.data import pool
 from raydm2.errors import RayDM2Error
-from raydm2.ledger.config import merge_settings, nested, validate_config
+from raydm2.ledger.config import merge_settings, nested, validate_config, validate_pretrain
 from raydm2.ledger.presets import PRESETS
 from raydm2.ledger.project import Project
 from raydm2.service import loop
@@ -100,6 +100,27 @@ def _settings(args) -> dict:
         layers.append(loaded)
     layers.append({k: v for k, v in {"pool": args.pool, "test_pool": args.test_pool}.items() if v})
     return merge_settings(*layers, nested(_parse_set(args.set)))
+
+
+def cmd_pretrain(args) -> None:
+    from raydm2.runtime import connect
+    from raydm2.training.pretrain import check, pretrain
+
+    data = _settings(args)
+    data.setdefault("name", "pretrain")
+    # Pretraining leaves the classifier's head out, so without a preset any valid class list does.
+    data.setdefault("classes", ["unused-0", "unused-1"])
+    config = validate_config(data, source="pretrain settings")
+    settings = validate_pretrain({k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size,
+                                                    "lr": args.lr, "temperature": args.temperature}.items()
+                                  if v is not None})
+    runs = args.runs or os.path.join(os.path.dirname(os.path.abspath(args.out)), "pretrain_runs")
+    check(config)  # before Ray starts
+    connect()
+    metrics = pretrain(config, settings, args.out, runs)
+    say(f"wrote {args.out}: the {config.model.arch} backbone after {settings.epochs} epochs of SimCLR on "
+        f"{metrics['images']:,} images (final loss {metrics['ssl_loss']:.3f}); start projects from it with "
+        f"--set model.weights={args.out}")
 
 
 def cmd_init(args) -> None:

@@ -53,6 +53,17 @@ def test_dataset(config: ProjectConfig) -> ray.data.Dataset | None:
     return _decode_with_labels(ds, config)
 
 
+def pool_dataset(config: ProjectConfig) -> ray.data.Dataset:
+    """Every image of the pool, decoded, what self-supervised pretraining reads. Labels are not read (label -1),
+    so an unlabeled pool works and a shard loads like a labeled one."""
+    ds = ray.data.read_parquet(pool.part_uris(config.pool)).select_columns(["id", "image"])
+    return _decode_with_labels(ds.map_batches(_unlabeled, batch_format="numpy"), config)
+
+
+def _unlabeled(batch: dict) -> dict:
+    return {**batch, "label": np.full(len(batch["id"]), -1, np.int64)}
+
+
 def _decode_with_labels(ds: ray.data.Dataset, config: ProjectConfig) -> ray.data.Dataset:
     def decode_keep_label(batch):
         out = decode_batch(batch, config.image_spec())
