@@ -190,6 +190,20 @@ def test_dedupe_walk_past_a_hub_reaches_the_budget_on_both_engines(ray_cluster):
     assert selection.column("id").to_pylist() == [0, 1]
 
 
+def test_spread_takes_the_best_scored_candidate_of_each_cluster_of_the_top_ones():
+    # Candidates 0-5 best first; 0, 1, 2 lie along one direction and 3, 4, 5 along another.
+    candidates = pa.table({"id": pa.array([4, 0, 5, 1, 2, 3], pa.int64()),
+                           "score": pa.array([0.5, 0.9, 0.4, 0.8, 0.7, 0.6])})
+    z = np.array([[1, 0.01], [2, 0], [1, 0.02], [0, 1], [0.01, 3], [0.02, 1]], np.float32)  # rows of ids 0-5
+    picked = dm2.spread_picks({"id": np.arange(6), "z": z}, candidates, budget=2, seed=0)
+    assert picked.column("id").to_pylist() == [0, 3]  # the plain top two would be 0 and 1
+
+
+def test_spread_and_dedupe_are_not_given_together():
+    with pytest.raises(ValueError, match="give dedupe_radius or spread, not both"):
+        dm2.Settings(spread=4, dedupe_radius=0.1)
+
+
 @pytest.fixture(scope="module")
 def batch(sample_pools):
     ids, pixels, ok = load_pool(sample_pools["mnist_test"], ImageSpec(28, 1))

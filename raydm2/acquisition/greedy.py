@@ -64,18 +64,24 @@ def kmeanspp_seeds(x: np.ndarray, budget: int, rng: np.random.Generator) -> tupl
     return np.asarray(picks, np.int64), np.asarray(d2_at)
 
 
-def kmeans_representatives(x: np.ndarray, budget: int, seed: int, iterations: int = 20) -> np.ndarray:
-    """k-means with `budget` clusters (FAISS, seeded), then the member nearest each centre, in cluster order."""
+def kmeans_clusters(x: np.ndarray, k: int, seed: int, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """k-means with `k` clusters (FAISS, seeded): (each row's cluster, each row's squared distance to its
+    centre)."""
     import faiss
 
-    if len(x) <= budget:
-        return np.arange(len(x), dtype=np.int64)
     data = np.ascontiguousarray(x, np.float32)
-    km = faiss.Kmeans(data.shape[1], budget, niter=iterations, seed=seed, verbose=False)
+    km = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, verbose=False)
     km.train(data)
     _, assign = km.index.search(data, 1)
     assign = assign[:, 0]
-    d2 = ((data - km.centroids[assign]) ** 2).sum(1)
+    return assign, ((data - km.centroids[assign]) ** 2).sum(1)
+
+
+def kmeans_representatives(x: np.ndarray, budget: int, seed: int, iterations: int = 20) -> np.ndarray:
+    """k-means with `budget` clusters, then the member nearest each centre, in cluster order."""
+    if len(x) <= budget:
+        return np.arange(len(x), dtype=np.int64)
+    assign, d2 = kmeans_clusters(x, budget, seed, iterations)
     reps = []
     for c in range(budget):
         members = np.flatnonzero(assign == c)

@@ -6,6 +6,11 @@ L2+L1 distance of penultimate features, and the images whose mixes the model is 
 With `dedupe_radius` the walk over candidates may skip any number of them (an image that is a neighbour of many
 candidates knocks all of them out), so the candidates are kept whole and the walk widens until it has B or has
 seen every candidate: the result is the one a walk over all candidates gives.
+
+With `spread` (ours, beyond the paper; issue #22's diversity among the top-scored mixes, as BADGE and ALFA-Mix
+get theirs from k-means): the best `spread`·B candidates by mix score are clustered by k-means on their
+L2-normalised embeddings into B clusters, and each cluster's best-scored candidate is selected, so one region of
+feature space cannot take the whole budget.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from raydm2.acquisition.greedy import kmeans_clusters
 from raydm2.acquisition.knn import KnnSettings
-from raydm2.acquisition.mixing import (TAU_SAMPLE, DM2Params, mix, mix_lambda, tau_sample_scores, uncertainty)
+from raydm2.acquisition.mixing import (TAU_SAMPLE, DM2Params, mix, mix_lambda, tau_sample_scores, uncertainty,
+                                       unit)
 from raydm2.acquisition.model_actors import ModelActor
-from raydm2.acquisition.ranking import finalize
+from raydm2.acquisition.ranking import DM2_COLUMNS, finalize, ranked
 from raydm2.acquisition.request import StrategySettings
 from raydm2.acquisition.strategies import register
 from raydm2.acquisition.topk import top_rows
@@ -32,7 +39,16 @@ class Settings(StrategySettings):
     lam: float = Field(0.8, gt=0.0, lt=1.0)
     mix: Literal["random", "mean", "adaptive"] = "random"
     dedupe_radius: float | None = Field(None, gt=0.0)
+    # None: the top B. An integer s: the best of each of B k-means clusters of the top s·B (module docstring).
+    spread: int | None = Field(None, ge=2, le=100)
     knn: KnnSettings = KnnSettings()
+
+    @model_validator(mode="after")
+    def _one_way_to_diversify(self):
+        if self.spread and self.dedupe_radius:
+            raise ValueError("give dedupe_radius or spread, not both: each picks B from the top candidates its own "
+                             "way")
+        return self
 
 
 def candidate_table(ids, score, partner, lam, anchor_conf, partner_dist, nbr_ids, nbr_dists) -> pa.Table:
@@ -95,6 +111,34 @@ def select(engine, scored, budget: int, k: int, radius: float | None) -> tuple[p
         keep *= 2
 
 
+def rows_of(batch: dict, ids: np.ndarray) -> dict:
+    keep = np.isin(batch["id"], ids)
+    return {k: np.asarray(v)[keep] for k, v in batch.items()}
+
+
+def spread_picks(top: dict, candidates: pa.Table, budget: int, seed: int) -> pa.Table:
+    """Of the `candidates` (best first; `top` holds their `id` and `z`, sorted by id), the best-scored of each of
+    `budget` k-means clusters of their L2-normalised embeddings, best first."""
+    best = top_rows(candidates, candidates.num_rows)
+    position = np.searchsorted(top["id"], best.column("id").to_numpy())
+    clusters, _ = kmeans_clusters(unit(top["z"][position]), budget, seed)
+    # Rows are best first, so a cluster's first row is its best-scored candidate. A cluster k-means left empty
+    # leaves its place to the best candidate not yet taken.
+    _, first = np.unique(clusters, return_index=True)
+    rest = np.setdiff1d(np.arange(best.num_rows), first)[:budget - len(first)]
+    return best.take(pa.array(np.sort(np.concatenate([first, rest]))))
+
+
+def select_spread(engine, embedded, scored, budget: int, spread: int, seed: int) -> tuple[pa.Table, list[str]]:
+    """The selection under `spread`: only the top spread·B candidates' embeddings are brought together."""
+    best = engine.top(scored, spread * budget)
+    if best.num_rows <= budget:
+        return ranked(best, budget, DM2_COLUMNS)
+    near = engine.map(embedded, rows_of, ids=best.column("id").to_numpy())
+    picked = engine.gather(spread_picks, {"top": (near, ["id", "z"])}, candidates=best, budget=budget, seed=seed)
+    return ranked(picked, budget, DM2_COLUMNS)
+
+
 @register(Settings)
 def plan(engine, request):
     settings = request.settings
@@ -110,9 +154,14 @@ def plan(engine, request):
                               .column("d").to_numpy()))
     pairs = engine.with_partners(searched, mean=params.mix == "mean")
     budget, radius = request.budget, params.dedupe_radius
+    spread = settings.spread
     scored = engine.score(MixScorer, "mix_score_s", on=pairs, image=request.image, params=params, tau=tau,
-                          keep=None if radius else budget)
-    selection, warnings = select(engine, scored, budget, params.k, radius)
+                          keep=None if radius else budget * (spread or 1))
+    if spread:
+        selection, warnings = select_spread(engine, embedded, scored, budget, spread,
+                                            seed=request.seed * 1009 + request.round)
+    else:
+        selection, warnings = select(engine, scored, budget, params.k, radius)
     engine.lap("mix_score_s")
     engine.index.update(k=params.k, tau=tau)
     return selection, warnings
