@@ -13,9 +13,10 @@ images of train, tested on t10k's 0-4); the backbone is the small CNN trained he
 digits, 5-9 (disjoint classes: no test image's class was seen), loaded by `model.weights`. random, margin, badge
 and dm2 run from scratch and from that backbone, 3 seeds each, with the local engine.
 
-cold_start: the same two starts and seeds, round 0 chosen by TypiClust on the initial model's features
-(`raydm2 seed --strategy typiclust`) against the random, class-covering round 0 of `pretrained` (whose records it
-resumes): first-round accuracy and AUBC of random, margin and dm2 afterwards.
+cold_start: the same two starts and a third, the small CNN after `raydm2 pretrain` (SimCLR on the pool's own 5,000
+images, no labels; Ray Train on the embedded cluster), with the same seeds; round 0 chosen by TypiClust on the
+initial model's features (`raydm2 seed --strategy typiclust`) against the random, class-covering round 0 of
+`pretrained` (whose records it resumes): first-round accuracy and AUBC of random, margin and dm2 afterwards.
 """
 
 from __future__ import annotations
@@ -158,6 +159,23 @@ def _setup(args) -> tuple[str, dict, str]:
     return work, pools, weights
 
 
+def _simclr(work: str, pools: dict, epochs: int) -> str:
+    """The small CNN's body after `raydm2 pretrain` on the pool's images (labels unread), made once per epochs."""
+    from raydm2.ledger.config import PretrainSettings, merge_settings, validate_config
+    from raydm2.ledger.presets import PRESETS
+    from raydm2.runtime import connect
+    from raydm2.training.pretrain import pretrain
+
+    out = os.path.join(work, f"simclr_{epochs}epochs", "simclr.pt")
+    if not os.path.exists(out):
+        connect(include_dashboard=False)
+        config = validate_config(merge_settings(PRESETS["mnist"], {
+            "name": "simclr", "pool": pools["pool"], "classes": [str(i) for i in range(5)],
+            "model": {"arch": "small_cnn"}}))
+        pretrain(config, PretrainSettings(epochs=epochs), out, os.path.join(work, "pretrain_runs"))
+    return out
+
+
 def _simulate(work: str, pools: dict, model: dict, start: str, strategies, seeding: str = "random") -> dict:
     from raydm2.ledger.config import merge_settings, validate_config
     from raydm2.ledger.presets import PRESETS
@@ -175,11 +193,14 @@ def _simulate(work: str, pools: dict, model: dict, start: str, strategies, seedi
 
 def cold_start(args) -> None:
     work, pools, weights = _setup(args)
+    simclr = _simclr(work, pools, args.ssl_epochs)
     out = {"command": "python benchmarks/real_pools_bench.py cold_start --data-root ../shared/data",
            "pool": "MNIST train digits 0-4, 5,000 seeded images; test: t10k digits 0-4",
            "backbone": "small_cnn supervised on 10,000 MNIST train images of digits 5-9, 3 epochs",
+           "simclr": f"small_cnn after raydm2 pretrain on the pool's 5,000 images (no labels), {args.ssl_epochs} "
+                     "epochs, batch 256, the library's other defaults",
            "initial": 10, "per_round": 10, "rounds": 8, "seeds": [0, 1, 2], "engine": "local", "results": {}}
-    for start, model in (("scratch", {}), ("pretrained", {"weights": weights})):
+    for start, model in (("scratch", {}), ("pretrained", {"weights": weights}), ("simclr", {"weights": simclr})):
         for seeding in ("random", "typiclust"):
             report = _simulate(work, pools, model, start, ("random", "margin", "dm2"), seeding)
             out["results"].setdefault(start, {})[seeding] = {
@@ -214,6 +235,8 @@ def main() -> None:
         p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "raydm2-real-pools"))
         if name == "throughput":
             p.add_argument("--images", type=int, default=2000)
+        if name == "cold_start":
+            p.add_argument("--ssl-epochs", type=int, default=20, help="raydm2 pretrain's epochs on the pool")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     {"throughput": throughput, "pretrained": pretrained, "cold_start": cold_start}[args.what](args)
