@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import ray
 import torch
 from torch import nn
 
@@ -31,7 +30,7 @@ from raydm2.ledger.config import PretrainSettings, ProjectConfig
 from raydm2.models.registry import REGISTRY, ModelSpec, build
 from raydm2.training.data import load_shard, pool_dataset, shard_refs
 from raydm2.training.ray_trainer import CHECKPOINT_IMAGES, STATE_FILE, _controller_settings, _relayed, \
-    _worker_resources
+    _worker_resources, restored_state
 
 # Below this size (CIFAR, MNIST) lightly's CIFAR-10 setting drops the Gaussian blur, which wipes out such images.
 BLUR_MIN_SIZE = 64
@@ -98,10 +97,8 @@ def pretrain_loop_per_worker(loop_config: dict) -> None:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, s.epochs)
     loss_fn = NTXentLoss(temperature=s.temperature, gather_distributed=world > 1)
     start = 0
-    restored = ray.train.get_checkpoint()
-    if restored:
-        with restored.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+    state = restored_state(device)
+    if state:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

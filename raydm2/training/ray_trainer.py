@@ -63,6 +63,15 @@ def _counting_allreduce(state: _AllReduceCount, bucket):
     return allreduce_hook(None, bucket)
 
 
+def restored_state(device) -> dict | None:
+    """The state a restarted or re-run worker resumes from (the run's latest checkpoint), or None."""
+    restored = ray.train.get_checkpoint()
+    if not restored:
+        return None
+    with restored.as_directory() as d:
+        return torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
@@ -83,10 +92,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     start_epoch = 0
     resumed_from = None
-    restored = ray.train.get_checkpoint()
-    if restored:
-        with restored.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+    state = restored_state(device)
+    if state:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = resumed_from = int(state["epoch"])
