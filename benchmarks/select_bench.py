@@ -69,6 +69,16 @@ PROTOCOLS: dict[str, dict] = {
                               "per_round": 100, "rounds": 6, "settings": {"model": {"arch": "resnet8"}, "train": {
                                   "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "batch_size": 64,
                                   "epochs": 15}}},
+    # Issue #22's noisy regime: fashion_mnist's pool with a fifth of it corrupted as CIFAR-10-C corrupts (noise,
+    # blur, contrast) and a tenth of the rest copied with imperceptible noise (`noisy`; the test subset is clean).
+    "noisy_fashion_mnist": {"dataset": "fashion_mnist", "preset": "fashion_mnist",
+                            "noisy": {"corrupt": 0.2, "duplicate": 0.1}, "initial": 20, "per_round": 50, "rounds": 10,
+                            "settings": {"train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 96, "epochs": 30}}},
+    # Issue #22's mid-budget regime: hundreds per round, and more epochs so that every round's model has converged
+    # (its first model is already well past cold start).
+    "mid_budget_fashion_mnist": {"dataset": "fashion_mnist", "preset": "fashion_mnist", "initial": 200,
+                                 "per_round": 200, "rounds": 8, "settings": {"train": {
+                                     "optimizer": "adam", "lr": 1e-3, "batch_size": 96, "epochs": 50}}},
     # The paper's GPU settings (documented; needs a GPU cluster): ResNet-18, SGD 0.1, wd 5e-4, 200 epochs.
     "cifar10_gpu": {"dataset": "cifar10", "preset": "cifar10", "initial": 1000, "per_round": 1000, "rounds": 10,
                     "settings": {"train": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "batch_size": 128,
@@ -110,17 +120,60 @@ def long_tailed(y: np.ndarray, ratio: float) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+# CIFAR-10-C's severity 5 (Hendrycks & Dietterich 2019): Gaussian noise σ 0.10, Gaussian blur σ 1, contrast 0.15.
+CORRUPTIONS = {"gaussian_noise": 0.10, "gaussian_blur": 1.0, "contrast": 0.15}
+DUPLICATE_SIGMA = 1 / 255
+
+
+def noisy(x: np.ndarray, y: np.ndarray, corrupt: float, duplicate: float,
+          seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, kind) of a noisy pool: a seeded `corrupt` share of the images replaced by corrupted versions, split
+    evenly between CORRUPTIONS, and near-copies (noise of σ 1/255, the same image to a person) of a `duplicate`
+    share of the clean ones appended. Labels stay true. `kind` names each image's origin: "clean", a corruption, or
+    "duplicate"."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    t = torch.from_numpy(x).float().div(255)
+    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)  # MNIST's (N, H, W), CIFAR's (N, H, W, C)
+    order = rng.permutation(n)
+    n_bad = round(corrupt * n)
+    kind = np.full(n, "clean", dtype=object)
+    sigma = CORRUPTIONS["gaussian_blur"]
+    with torch.random.fork_rng():  # gaussian_noise draws from torch's global generator
+        torch.manual_seed(seed)
+        for name, idx in zip(CORRUPTIONS, np.array_split(order[:n_bad], len(CORRUPTIONS))):
+            idx = torch.from_numpy(np.sort(idx))
+            if name == "gaussian_noise":
+                t[idx] = F.gaussian_noise(t[idx], sigma=CORRUPTIONS[name])
+            elif name == "gaussian_blur":  # skimage's kernel, as CIFAR-10-C used: truncated at 4σ
+                t[idx] = F.gaussian_blur(t[idx], [2 * int(4 * sigma) + 1] * 2, [sigma])
+            else:
+                t[idx] = F.adjust_contrast(t[idx], CORRUPTIONS[name])
+            kind[idx.numpy()] = name
+        source = torch.from_numpy(np.sort(order[n_bad:n_bad + round(duplicate * n)]))
+        copies = F.gaussian_noise(t[source], sigma=DUPLICATE_SIGMA)
+    t = torch.cat([t, copies]).mul(255).round().to(torch.uint8)
+    out = t[:, 0] if x.ndim == 3 else t.permute(0, 2, 3, 1)
+    return (out.numpy(), np.concatenate([y, y[source.numpy()]]),
+            np.concatenate([kind, np.full(len(source), "duplicate", dtype=object)]).astype(str))
+
+
 def pools(dataset: str, data_root: str, workdir: str, split: str = "test",
-          long_tail: float | None = None) -> tuple[str, str]:
+          long_tail: float | None = None, noise: dict | None = None) -> tuple[str, str]:
     """(pool, evaluation pool), ingested once into workdir from the original files. With split "test" the pool is
     the train subset and evaluation is on the test subset the tables report. With "validation" (for tuning),
     VALIDATION_SUBSET seeded images are carved out of the train subset: the pool is the rest and evaluation is on
     them, so nothing tuned this way has seen the test subset. `long_tail` cuts the pool (only the pool: the
-    evaluation set keeps its classes as they are) to that head/tail ratio."""
+    evaluation set keeps its classes as they are) to that head/tail ratio; `noise` ({"corrupt", "duplicate"}
+    shares) corrupts and duplicates part of it (`noisy`)."""
     from raydm2.data import pool
 
     names = ("train", "test") if split == "test" else ("train_fit", "validation")
-    folder = f"{dataset}-long_tail{long_tail:g}" if long_tail else dataset
+    folder = dataset + (f"-long_tail{long_tail:g}" if long_tail else "") + (
+        f"-corrupt{noise['corrupt']:g}-duplicate{noise['duplicate']:g}" if noise else "")
     train, held_out = (os.path.join(workdir, "pools", folder, name) for name in names)
     if os.path.exists(held_out):
         return train, held_out
@@ -132,6 +185,8 @@ def pools(dataset: str, data_root: str, workdir: str, split: str = "test",
     if long_tail:
         keep = long_tailed(y_train, long_tail)
         x_train, y_train = x_train[keep], y_train[keep]
+    if noise:
+        x_train, y_train, _ = noisy(x_train, y_train, **noise)
     pool.append_arrays(train, x_train, y_train, f"{dataset}:train")
     pool.append_arrays(held_out, x_test, y_test, f"{dataset}:{names[1]}")
     return train, held_out
@@ -194,7 +249,8 @@ def run(args) -> dict:
     protocol = PROTOCOLS[args.protocol]
     folder = _workdir_name(args.protocol, args)
     work = os.path.join(args.workdir, folder)
-    train, test = pools(protocol["dataset"], args.data_root, args.workdir, args.split, protocol.get("long_tail"))
+    train, test = pools(protocol["dataset"], args.data_root, args.workdir, args.split, protocol.get("long_tail"),
+                        protocol.get("noisy"))
     _connect(args)
     plan = _plan(protocol, _base(protocol, train, test), args.strategies, args)
     report = simulate(plan, work, title=f"{args.protocol}: {len(args.seeds)} seeds",
@@ -216,7 +272,8 @@ def ablation(args) -> dict:
     from raydm2.service.simulate import simulate
 
     protocol = PROTOCOLS[args.protocol]
-    train, test = pools(protocol["dataset"], args.data_root, args.workdir, args.split, protocol.get("long_tail"))
+    train, test = pools(protocol["dataset"], args.data_root, args.workdir, args.split, protocol.get("long_tail"),
+                        protocol.get("noisy"))
     _connect(args)
     variants = [("lam", v, {"strategy": {"lam": v}}) for v in args.lams] + \
                [("k", v, {"strategy": {"knn": {"k": v}}}) for v in args.ks] + \

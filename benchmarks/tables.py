@@ -398,6 +398,19 @@ PROTOCOL_ROWS = {
         "model": "same",
         "plan": "same",
     },
+    "noisy_fashion_mnist": {
+        "name": "`noisy_fashion_mnist`",
+        "pool": "`fashion_mnist`'s, {corrupt:.0%} of it corrupted as CIFAR-10-C and {duplicate:.0%} near-duplicated "
+                "(below); the test subset is clean",
+        "model": "same",
+        "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
+    },
+    "mid_budget_fashion_mnist": {
+        "name": "`mid_budget_fashion_mnist`",
+        "pool": "`fashion_mnist`'s",
+        "model": "same, {epochs} epochs per round",
+        "plan": "{initial:,}, +{per_round:,}, {rounds}, {seeds}",
+    },
     "cifar10_cpu": {
         "name": "`cifar10_cpu` (CPU-sized)",
         "pool": "the shared CIFAR-10 subset: {pool_subset:,} train, {test_subset:,} test",
@@ -427,7 +440,7 @@ PROTOCOL_ROWS = {
 ARCHS = {"small_cnn": "small CNN", "resnet18": "ResNet-18",
          "resnet8": "ResNet-8 (He et al.'s CIFAR ResNet, 16/32/64 channels, 78k parameters)"}
 OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}
-PROTOCOL_FIELDS = {"pool": ("dataset", "pool_subset", "test_subset", "long_tail"),
+PROTOCOL_FIELDS = {"pool": ("dataset", "pool_subset", "test_subset", "long_tail", "corrupt", "duplicate"),
                    "model": ("arch", "optimizer", "lr", "weight_decay", "batch_size", "epochs", "epsilon", "use_gpu"),
                    "plan": ("initial", "per_round", "rounds", "seeds")}
 
@@ -438,7 +451,7 @@ def _protocol_fields(res: Results, name: str) -> dict:
     pre = preset(p["preset"])
     arch = p["settings"].get("model", {}).get("arch", pre["arch"])
     return {"dataset": p["dataset"], "pool_subset": p["pool_subset"], "test_subset": p["test_subset"],
-            "long_tail": p.get("long_tail"),
+            "long_tail": p.get("long_tail"), **p.get("noisy", {"corrupt": None, "duplicate": None}),
             "arch": ARCHS[arch], "optimizer": OPTIMIZERS[train["optimizer"]], "lr": short_float(train["lr"]),
             "weight_decay": short_float(train["weight_decay"]) if "weight_decay" in train else None,
             "batch_size": train["batch_size"], "epochs": train["epochs"], "epsilon": epsilon(pre["epsilon"]),
@@ -447,6 +460,10 @@ def _protocol_fields(res: Results, name: str) -> dict:
 
 
 def select_protocols(res: Results) -> str:
+    defined = {_evaluate(k) for k in _assigned(_source_tree("benchmarks/select_bench.py"), "PROTOCOLS").keys}
+    if defined != set(PROTOCOL_ROWS):
+        raise ValueError(f"protocol table: select_bench.py defines {sorted(defined - set(PROTOCOL_ROWS))} without "
+                         f"a row, and has no {sorted(set(PROTOCOL_ROWS) - defined)}")
     rows, above = [], None
     for name, words in PROTOCOL_ROWS.items():
         fields = _protocol_fields(res, name)
@@ -514,6 +531,9 @@ def select_table(res: Results, name: str) -> str:
     order = sorted(d["summary"], key=lambda k: -d["summary"][k]["aubc"]["mean"])
     note = _preset_note(res, name, dm2)
     label = _dm2_label(dm2) if note == "the preset" else f"{_dm2_label(dm2)[:-1]}, {note})"
+    # Long-tailed pools' records also measure balanced accuracy; its columns follow accuracy's where every
+    # strategy has them.
+    balanced = all("balanced_aubc" in m for m in d["summary"].values())
     rows = []
     for strategy in order:
         m = d["summary"][strategy]
@@ -521,11 +541,14 @@ def select_table(res: Results, name: str) -> str:
         if (name, strategy) in ACQUIRE_NOTES:
             acquire += f" ({ACQUIRE_NOTES[name, strategy]})"
         rows.append([f"{bold('dm2')} {label}" if strategy == "dm2" else strategy, pm(m["aubc"]),
-                     pm(m["robust_aubc"]), pm(m["final_accuracy"]), pm(m["final_robust_accuracy"]),
+                     *([pm(m["balanced_aubc"])] if balanced else []), pm(m["robust_aubc"]), pm(m["final_accuracy"]),
+                     *([pm(m["final_balanced_accuracy"])] if balanced else []), pm(m["final_robust_accuracy"]),
                      ", ".join(f"{x:.3f}" for x in _per_seed(res, folder, strategy, d["seeds"])), acquire,
                      _earlier(res, name, strategy, dm2)])
-    return table(["strategy", "AUBC", "robust AUBC", f"final accuracy ({labels:,} labels)", "final robust", "per seed",
-                  "acquire s/round", "earlier table"], "llllllll", rows)
+    header = ["strategy", "AUBC", *(["balanced AUBC"] if balanced else []), "robust AUBC",
+              f"final accuracy ({labels:,} labels)", *(["final balanced"] if balanced else []), "final robust",
+              "per seed", "acquire s/round", "earlier table"]
+    return table(header, "l" * len(header), rows)
 
 
 def _preset_setting(res: Results, name: str, rows: list[dict]) -> dict:

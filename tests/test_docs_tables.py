@@ -83,3 +83,11 @@ def test_a_protocol_cell_written_same_is_checked_against_the_row_above(tables, m
     else:
         assert f"| `{name}` | same, cut long-tailed to a head/tail ratio of 20 " in \
             tables.select_protocols(tables.Results())
+
+
+def test_every_protocol_select_bench_defines_has_a_row(tables, monkeypatch):
+    rows = dict(tables.PROTOCOL_ROWS)
+    del rows["noisy_fashion_mnist"]
+    monkeypatch.setattr(tables, "PROTOCOL_ROWS", rows)
+    with pytest.raises(ValueError, match=r"defines \['noisy_fashion_mnist'\] without a row"):
+        tables.select_protocols(tables.Results())

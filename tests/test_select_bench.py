@@ -65,3 +65,50 @@ def test_long_tailed_pools_cut_the_pool_only(tmp_path, monkeypatch):
     # The balanced protocol's pools are other folders, untouched.
     balanced, _ = select_bench.pools("fashion_mnist", "unused", str(tmp_path), "test")
     assert balanced != train and counts(balanced) == [100] * 10
+
+
+def test_noisy_pool_corrupts_a_fifth_as_cifar10c_and_appends_near_duplicates():
+    rng = np.random.default_rng(0)
+    # Mid-grey images with texture, so that noise is not clipped away and contrast has something to lower.
+    x = rng.integers(64, 192, (300, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 300)
+    out, labels, kind = select_bench.noisy(x, y, corrupt=0.2, duplicate=0.1)
+    assert out.shape == (330, 28, 28) and out.dtype == np.uint8
+    assert {k: int((kind == k).sum()) for k in set(kind)} == {
+        "clean": 240, "gaussian_noise": 20, "gaussian_blur": 20, "contrast": 20, "duplicate": 30}
+    assert np.array_equal(labels[:300], y)
+    first = out[:300].astype(float)
+    clean = kind[:300] == "clean"
+    assert np.array_equal(out[:300][clean], x[clean])
+
+    def spread(images):  # per image standard deviation about its own mean
+        return images.reshape(len(images), -1).std(1)
+
+    noise = kind[:300] == "gaussian_noise"
+    assert abs((first[noise] - x[noise]).std() - 0.10 * 255) < 1.0
+    contrast = kind[:300] == "contrast"
+    assert np.allclose(spread(first[contrast]) / spread(x[contrast].astype(float)), 0.15, atol=0.01)
+    blur = kind[:300] == "gaussian_blur"
+    assert np.all(spread(first[blur]) < 0.5 * spread(x[blur].astype(float)))
+    # Each near-copy is a clean image plus noise of σ 1/255, under its label.
+    copies = out[300:].astype(int)
+    source = [np.flatnonzero((np.abs(x.astype(int) - c).max((1, 2)) <= 5) & clean) for c in copies]
+    assert all(len(s) == 1 for s in source)
+    assert np.array_equal(labels[300:], y[[s[0] for s in source]])
+    assert 0.5 < np.abs(copies - x[[s[0] for s in source]]).mean() < 1.5
+    # Seeded; colour images keep their layout.
+    assert np.array_equal(select_bench.noisy(x, y, 0.2, 0.1)[0], out)
+    rgb = select_bench.noisy(rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8), y[:50], 0.2, 0.1)[0]
+    assert rgb.shape == (55, 32, 32, 3)
+
+
+def test_noisy_pools_change_the_pool_only(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.repeat(np.arange(10), 20),
+              rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), np.repeat(np.arange(10), 5))
+    monkeypatch.setattr(select_bench, "_arrays", lambda dataset, data_root: arrays)
+    train, test = select_bench.pools("fashion_mnist", "unused", str(tmp_path), "test",
+                                     noise=select_bench.PROTOCOLS["noisy_fashion_mnist"]["noisy"])
+    assert pool.read_columns(train, ["id"]).num_rows == 220 and pool.read_columns(test, ["id"]).num_rows == 50
+    balanced, _ = select_bench.pools("fashion_mnist", "unused", str(tmp_path), "test")
+    assert balanced != train and pool.read_columns(balanced, ["id"]).num_rows == 200
