@@ -551,6 +551,27 @@ def select_table(res: Results, name: str) -> str:
     return table(header, "l" * len(header), rows)
 
 
+def select_goal(res: Results) -> str:
+    """Issue #22's goal, protocol by protocol, for every protocol whose whole run is recorded
+    (results/select_<name>.json): DM2's AUBC above random's, and within one standard deviation of the best other
+    strategy's."""
+    rows = []
+    for name in PROTOCOL_ROWS:
+        if not res.exists(f"select_{name}"):
+            continue
+        aubc = res.json(f"select_{name}")["aubc"]
+        dm2, rnd = aubc["dm2"], aubc["random"]
+        best = max((k for k in aubc if k != "dm2"), key=lambda k: aubc[k]["mean"])
+        rank = 1 + sum(v["mean"] > dm2["mean"] for v in aubc.values())
+        above = dm2["mean"] > rnd["mean"]
+        near = dm2["mean"] >= aubc[best]["mean"] - aubc[best]["std"]
+        rows.append([f"`{name}`", f"{pm(dm2)} ({_preset_note(res, name, dm2_ran_with(res, name))})", pm(rnd),
+                     f"{best} {pm(aubc[best])}", f"{rank} of {len(aubc)}", "yes" if above else "no",
+                     "yes" if near else "no", bold("met") if above and near else "not met"])
+    return table(["protocol", "DM2 AUBC", "random", "best other", "DM2's rank", "above random",
+                  "within 1 std of the best", "goal"], "llllllll", rows)
+
+
 def _preset_setting(res: Results, name: str, rows: list[dict]) -> dict:
     """The sweep's starting point: for each parameter, the value with no records folder of its own (the protocol's
     own DM2 runs stand for it). It is the preset as it was when the protocol ran, which may since have changed."""
@@ -710,6 +731,7 @@ TABLES = {
     "train": train,
     "train_round": train_round,
     "select_protocols": select_protocols,
+    "select_goal": select_goal,
     "select_mnist": lambda res: select_table(res, "mnist"),
     "select_fashion_mnist": lambda res: select_table(res, "fashion_mnist"),
     "select_cifar10_cpu": lambda res: select_table(res, "cifar10_cpu"),

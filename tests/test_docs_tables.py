@@ -91,3 +91,18 @@ def test_every_protocol_select_bench_defines_has_a_row(tables, monkeypatch):
     monkeypatch.setattr(tables, "PROTOCOL_ROWS", rows)
     with pytest.raises(ValueError, match=r"defines \['noisy_fashion_mnist'\] without a row"):
         tables.select_protocols(tables.Results())
+
+
+@pytest.mark.parametrize("dm2, best_std, verdict", [(0.70, 0.025, "| 2 of 3 | yes | yes | **met** |"),
+                                                    (0.68, 0.045, "| 3 of 3 | no | yes | not met |"),
+                                                    (0.695, 0.02, "| 2 of 3 | yes | no | not met |")])
+def test_the_goal_row_says_above_random_and_within_one_std_of_the_best(tables, tmp_path, dm2, best_std, verdict):
+    import json
+
+    aubc = {"dm2": {"mean": dm2, "std": 0.01}, "random": {"mean": 0.69, "std": 0.02},
+            "margin": {"mean": 0.72, "std": best_std}}
+    (tmp_path / "select_fashion_mnist.json").write_text(json.dumps(
+        {"aubc": aubc, "settings": {"preset": "fashion_mnist"}}))
+    rows = tables.select_goal(tables.Results(str(tmp_path))).split("\n")[2:]
+    assert len(rows) == 1 and rows[0].startswith("| `fashion_mnist` | 0.") and "| margin 0.7200 ± " in rows[0]
+    assert rows[0].endswith(verdict)
