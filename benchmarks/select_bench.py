@@ -161,6 +161,27 @@ def noisy(x: np.ndarray, y: np.ndarray, corrupt: float, duplicate: float,
             np.concatenate([kind, np.full(len(source), "duplicate", dtype=object)]).astype(str))
 
 
+def pool_arrays(dataset: str, data_root: str, split: str = "test", long_tail: float | None = None,
+                noise: dict | None = None) -> tuple[np.ndarray, ...]:
+    """(pool x, y, group, evaluation x, y): the images `pools` stores, in id order (the pool's ids are positions),
+    and each pool image's group for the study of what strategies pick: its origin in a noisy pool ("clean", a
+    corruption, "duplicate"), "head" or "tail" (the rarer half of the classes) in a long-tailed one, else "all"."""
+    x_train, y_train, x_test, y_test = _arrays(dataset, data_root)
+    if split == "validation":
+        val = np.zeros(len(x_train), bool)
+        val[np.random.default_rng(1).choice(len(x_train), VALIDATION_SUBSET, replace=False)] = True
+        x_train, y_train, x_test, y_test = x_train[~val], y_train[~val], x_train[val], y_train[val]
+    group = np.full(len(x_train), "all")
+    if long_tail:
+        keep = long_tailed(y_train, long_tail)
+        x_train, y_train = x_train[keep], y_train[keep]
+        classes = np.unique(y_train)
+        group = np.where(np.isin(y_train, classes[len(classes) // 2:]), "tail", "head")
+    if noise:
+        x_train, y_train, group = noisy(x_train, y_train, **noise)
+    return x_train, y_train, group, x_test, y_test
+
+
 def pools(dataset: str, data_root: str, workdir: str, split: str = "test",
           long_tail: float | None = None, noise: dict | None = None) -> tuple[str, str]:
     """(pool, evaluation pool), ingested once into workdir from the original files. With split "test" the pool is
@@ -177,19 +198,26 @@ def pools(dataset: str, data_root: str, workdir: str, split: str = "test",
     train, held_out = (os.path.join(workdir, "pools", folder, name) for name in names)
     if os.path.exists(held_out):
         return train, held_out
-    x_train, y_train, x_test, y_test = _arrays(dataset, data_root)
-    if split == "validation":
-        val = np.zeros(len(x_train), bool)
-        val[np.random.default_rng(1).choice(len(x_train), VALIDATION_SUBSET, replace=False)] = True
-        x_train, y_train, x_test, y_test = x_train[~val], y_train[~val], x_train[val], y_train[val]
-    if long_tail:
-        keep = long_tailed(y_train, long_tail)
-        x_train, y_train = x_train[keep], y_train[keep]
-    if noise:
-        x_train, y_train, _ = noisy(x_train, y_train, **noise)
+    x_train, y_train, _, x_test, y_test = pool_arrays(dataset, data_root, split, long_tail, noise)
     pool.append_arrays(train, x_train, y_train, f"{dataset}:train")
     pool.append_arrays(held_out, x_test, y_test, f"{dataset}:{names[1]}")
     return train, held_out
+
+
+def pick_shares(runs: list[dict], group: np.ndarray) -> dict:
+    """Per strategy, the share of its acquired images (every round after the seed set) in each group, mean ± std
+    over seeds; `group[id]` is a pool image's group. Strategies whose records predate `added` are left out."""
+    by_strategy: dict[str, list[dict]] = {}
+    for r in runs:
+        if all("added" in row for row in r["rounds"]):
+            by_strategy.setdefault(r["strategy"], []).append(r)
+    out = {}
+    for strategy, rs in by_strategy.items():
+        picked = [group[np.concatenate([row["added"] for row in r["rounds"][1:]]).astype(int)] for r in rs]
+        out[strategy] = {g: {"mean": float(np.mean([np.mean(p == g) for p in picked])),
+                             "std": float(np.std([np.mean(p == g) for p in picked], ddof=1)) if len(rs) > 1 else 0.0}
+                         for g in np.unique(group)}
+    return out
 
 
 def _base(protocol: dict, train: str, test: str, extra: dict | None = None):
@@ -256,11 +284,15 @@ def run(args) -> dict:
     report = simulate(plan, work, title=f"{args.protocol}: {len(args.seeds)} seeds",
                       records=os.path.join(args.records, folder))
     summary = report["summary"]
+    group = pool_arrays(protocol["dataset"], args.data_root, args.split, protocol.get("long_tail"),
+                        protocol.get("noisy"))[2]
     out = {"protocol": args.protocol, "engine": args.engine, "settings": protocol, "seeds": args.seeds,
            **_split_sizes(args.split, train),
            "aubc": {k: v["aubc"] for k, v in summary.items()},
            "final_accuracy": {k: v["final_accuracy"] for k, v in summary.items()},
-           "summary": summary}
+           "summary": summary,
+           "pool_groups": {g: float(np.mean(group == g)) for g in np.unique(group)},
+           "picked": pick_shares(report["runs"], group)}
     name = _result_name(f"select_{args.protocol}", args, sorted(args.strategies) == sorted(ALL))
     C.save(name, {**out, "partial": name.endswith("_partial"), "curves_png": f"{name}_curves.png"})
     shutil.copyfile(os.path.join(work, "curves.png"), os.path.join(C.RESULTS, f"{name}_curves.png"))

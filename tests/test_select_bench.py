@@ -112,3 +112,29 @@ def test_noisy_pools_change_the_pool_only(tmp_path, monkeypatch):
     assert pool.read_columns(train, ["id"]).num_rows == 220 and pool.read_columns(test, ["id"]).num_rows == 50
     balanced, _ = select_bench.pools("fashion_mnist", "unused", str(tmp_path), "test")
     assert balanced != train and pool.read_columns(balanced, ["id"]).num_rows == 200
+
+
+def test_pick_shares_count_each_strategys_acquired_images_by_group():
+    group = np.array(["clean"] * 6 + ["blur"] * 2 + ["duplicate"] * 2)
+    rounds = [{"added": [0, 1]}, {"added": [6, 8]}, {"added": [2, 9]}]  # the seed set (0, 1) is not counted
+    other = [{"added": [0, 1]}, {"added": [2, 3]}, {"added": [4, 7]}]
+    runs = [{"strategy": "dm2", "rounds": rounds}, {"strategy": "dm2", "rounds": other},
+            {"strategy": "old", "rounds": [{"labels": 20}]}]
+    shares = select_bench.pick_shares(runs, group)
+    assert set(shares) == {"dm2"}  # records without `added` are left out
+    assert shares["dm2"]["clean"]["mean"] == (1 / 4 + 3 / 4) / 2
+    assert shares["dm2"]["blur"]["mean"] == (1 / 4 + 1 / 4) / 2 and shares["dm2"]["blur"]["std"] == 0.0
+    assert shares["dm2"]["duplicate"]["mean"] == (2 / 4 + 0) / 2
+    assert np.isclose(shares["dm2"]["duplicate"]["std"], np.std([0.5, 0.0], ddof=1))
+
+
+def test_pool_arrays_groups_the_rarer_half_of_a_long_tail_and_a_noisy_pools_origins(monkeypatch):
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (1000, 28, 28), dtype=np.uint8), np.repeat(np.arange(10), 100),
+              rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.repeat(np.arange(10), 20))
+    monkeypatch.setattr(select_bench, "_arrays", lambda dataset, data_root: arrays)
+    x, y, group, _, _ = select_bench.pool_arrays("fashion_mnist", "unused", long_tail=10)
+    assert (group == "tail").sum() == 27 + 21 + 16 + 12 + 10 and set(y[group == "tail"]) == {5, 6, 7, 8, 9}
+    _, _, group, _, _ = select_bench.pool_arrays("fashion_mnist", "unused", noise={"corrupt": 0.2, "duplicate": 0.1})
+    assert len(group) == 1100 and (group == "clean").sum() == 800 and (group == "duplicate").sum() == 100
+    assert set(select_bench.pool_arrays("fashion_mnist", "unused")[2]) == {"all"}

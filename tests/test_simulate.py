@@ -56,6 +56,9 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
         assert [r["labels"] for r in rows] == [20, 30, 40]
         assert all(0.0 <= r["clean_accuracy"] <= 1.0 and 0.0 <= r["robust_accuracy"] <= 1.0 for r in rows)
         assert rows[0]["acquire_s"] == 0.0 and all(r["acquire_s"] > 0.0 for r in rows[1:])
+        # Each round names the ids it added: the seed set, then each acquisition's picks, never one twice.
+        added = [r["added"] for r in rows]
+        assert [len(a) for a in added] == [20, 10, 10] and len(set().union(*added)) == 40
         assert run["aubc"] == pytest.approx(aubc([r["labels"] for r in rows], [r["clean_accuracy"] for r in rows]))
         assert report["summary"][name]["aubc"]["mean"] == pytest.approx(run["aubc"])
         assert run["balanced_aubc"] == pytest.approx(aubc([r["labels"] for r in rows],
@@ -65,6 +68,8 @@ def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):
     # Same seed, same class-covering initial set, same deterministic training: round 0 is identical.
     assert runs["random"]["seed_salt"] == runs["margin"]["seed_salt"]
     assert runs["random"]["rounds"][0]["clean_accuracy"] == runs["margin"]["rounds"][0]["clean_accuracy"]
+    assert runs["random"]["rounds"][0]["added"] == runs["margin"]["rounds"][0]["added"]
+    assert runs["random"]["rounds"][1]["added"] != runs["margin"]["rounds"][1]["added"]
     # ... and the strategies then pick differently, so their later rounds train on different sets.
     def accuracies(run):
         return [(r["clean_accuracy"], r["robust_accuracy"]) for r in run["rounds"][1:]]

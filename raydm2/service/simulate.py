@@ -132,12 +132,14 @@ def run_one(plan: SimulationPlan, strategy: str, seed: int, folder: str, data: "
             "balanced_aubc": aubc([r["labels"] for r in rows], [r["balanced_accuracy"] for r in rows])}
 
 
-def _row(n: int, labels_count: int, metrics: dict, acquire_s: float, train_s: float | None) -> dict:
-    # acquire_s is the acquisition that made round n (round 0 is the random seed: none)
+def _row(n: int, labels_count: int, metrics: dict, acquire_s: float, train_s: float | None,
+         added: np.ndarray) -> dict:
+    # acquire_s is the acquisition that made round n (round 0 is the seed set: none); `added` its ids, kept so that
+    # what a strategy picks (classes, duplicates, corrupted images) can be studied from the record alone
     progress.note(f"round {n}: {labels_count} labels, accuracy {metrics.get('clean_accuracy', float('nan')):.3f}")
     return {"round": n, "labels": labels_count, "clean_accuracy": metrics.get("clean_accuracy"),
             "robust_accuracy": metrics.get("robust_accuracy"), "balanced_accuracy": metrics.get("balanced_accuracy"),
-            "acquire_s": acquire_s, "train_s": train_s}
+            "acquire_s": acquire_s, "train_s": train_s, "added": sorted(int(i) for i in added)}
 
 
 def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str, rows: list[dict]) -> int:
@@ -155,11 +157,12 @@ def _run_project(plan: SimulationPlan, config: ProjectConfig, folder: str, rows:
                              .to_numpy(), labels_of, config.num_classes, plan.initial)
         loop.seed(project, plan.initial, salt)
     for n in range(plan.rounds + 1):
-        labels.import_labels(project, n, *labels.oracle(project, n))
+        added, truth = labels.oracle(project, n)
+        labels.import_labels(project, n, added, truth)
         metrics = loop.train(project, n)
         timings = project.manifest(n)["timings"]
         rows.append(_row(n, int(project.all_labels(upto=n).num_rows), metrics, timings.get("total_s", 0.0),
-                         timings.get("train_s")))
+                         timings.get("train_s"), added))
         if n < plan.rounds:
             loop.acquire(project)
     return salt
@@ -232,12 +235,12 @@ def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: P
         salt = covering_salt(candidates, lambda ids: data.labels[np.searchsorted(data.ids, ids)],
                              config.num_classes, plan.initial)
         labeled = np.isin(data.ids, candidates(salt))
-    acquire_s = 0.0
+    acquire_s, added = 0.0, data.ids[labeled]
     for n in range(plan.rounds + 1):
         started = time.perf_counter()
         weights, metrics = fit_in_process(config, data.pixels[labeled], data.labels[labeled], data.test_pixels,
                                           data.test_labels)
-        rows.append(_row(n, int(labeled.sum()), metrics, acquire_s, round(time.perf_counter() - started, 4)))
+        rows.append(_row(n, int(labeled.sum()), metrics, acquire_s, round(time.perf_counter() - started, 4), added))
         if n == plan.rounds:
             break
         model = build(spec)
@@ -248,9 +251,9 @@ def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: P
         known = pa.table({"id": data.ids[labeled], "label": data.labels[labeled]})
         request = config.acquire_request(ckpt, n + 1, data.ids[labeled], known)
         picked = acquisition.acquire(request, engine=LocalEngine(request, data.ids, data.pixels)).selection
-        picked = picked.column("id").to_numpy()
+        added = picked.column("id").to_numpy()
         acquire_s = round(time.perf_counter() - started, 4)
-        labeled |= np.isin(data.ids, picked)
+        labeled |= np.isin(data.ids, added)
     return salt
 
 
