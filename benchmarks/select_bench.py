@@ -6,6 +6,8 @@
     python benchmarks/select_bench.py ablation --protocol mnist --data-root ../shared/data
     python benchmarks/select_bench.py ablation --protocol mnist --split validation --lams 0.5 0.8 --ks 10 \
         --mixes random      # tuning: evaluated on 2,000 images carved out of the train subset, never the test
+    python benchmarks/select_bench.py ablation --protocol fashion_mnist --split validation --lams 0.8 --ks 10 \
+        --mixes random --spreads 2 4      # DM2's spread option, against the defaults, on validation
 
 Pools: MNIST-family runs use a seeded 10,000-image subset of train and a seeded 2,000-image subset of test (every
 round evaluates clean and FGSM accuracy, and on 2 cores the full 10,000 cost more than the training); CIFAR-10
@@ -300,7 +302,7 @@ def run(args) -> dict:
 
 
 def ablation(args) -> dict:
-    """DM2's λ, k and mixing mode, one setting changed at a time from the defaults."""
+    """DM2's λ, k and mixing mode (and, when asked, `spread`), one setting changed at a time from the defaults."""
     from raydm2.service.simulate import simulate
 
     protocol = PROTOCOLS[args.protocol]
@@ -309,7 +311,8 @@ def ablation(args) -> dict:
     _connect(args)
     variants = [("lam", v, {"strategy": {"lam": v}}) for v in args.lams] + \
                [("k", v, {"strategy": {"knn": {"k": v}}}) for v in args.ks] + \
-               [("mix", v, {"strategy": {"mix": v}}) for v in args.mixes]
+               [("mix", v, {"strategy": {"mix": v}}) for v in args.mixes] + \
+               [("spread", v, {"strategy": {"spread": v}}) for v in args.spreads]
     folder = _workdir_name(f"ablation-{args.protocol}", args)
     defaults = _base(protocol, train, test).hash()
     rows, done = [], {}  # done: config hash -> summary, since the default value of each parameter is one setting
@@ -357,6 +360,8 @@ def main():
     sub.choices["ablation"].add_argument("--lams", type=float, nargs="+", default=LAMS)
     sub.choices["ablation"].add_argument("--ks", type=int, nargs="+", default=KS)
     sub.choices["ablation"].add_argument("--mixes", nargs="+", default=MIXES)
+    sub.choices["ablation"].add_argument("--spreads", type=int, nargs="+", default=[],
+                                         help="dm2.spread values to try (ours, off by default; none unless given)")
     args = p.parse_args()
     args.func(args)
 

@@ -551,6 +551,20 @@ def select_table(res: Results, name: str) -> str:
     return table(header, "l" * len(header), rows)
 
 
+def select_picks(res: Results, name: str) -> str:
+    """What each strategy acquired (every round after the seed set), by pool group, as shares of its picks, mean ±
+    std over seeds (results/select_<name>.json's `picked`); the header gives each group's share of the pool, which
+    random should match. Strategies whose records predate the list of added ids have no row."""
+    d = res.json(f"select_{name}")
+    groups = list(d["pool_groups"])
+    order = [k for k in sorted(d["summary"], key=lambda k: -d["summary"][k]["aubc"]["mean"]) if k in d["picked"]]
+    rows = [[bold("dm2") if k == "dm2" else k,
+             *(f"{100 * d['picked'][k][g]['mean']:.1f} ± {100 * d['picked'][k][g]['std']:.1f} %" for g in groups)]
+            for k in order]
+    return table(["strategy", *(f"{g.replace('_', ' ')} ({100 * d['pool_groups'][g]:.1f} % of the pool)"
+                                for g in groups)], "l" + "r" * len(groups), rows)
+
+
 def select_goal(res: Results) -> str:
     """Issue #22's goal, protocol by protocol, for every protocol whose whole run is recorded
     (results/select_<name>.json): DM2's AUBC above random's, and within one standard deviation of the best other
