@@ -306,6 +306,14 @@ def _synthetic_pool(path: str, n: int) -> None:
         pool.append_arrays(path, img, None, "synthetic")
 
 
+def _rss_parts() -> dict:
+    """The driver's resident set now, split as Linux reports it: its own memory (RssAnon) and mapped shared pages
+    (RssShmem, where object-store pages it has read stay counted), in MiB."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {f"driver_{key.lower()}_after_mib": int(fields[key].split()[0]) / 1024 for key in ("RssAnon", "RssShmem")}
+
+
 def scale_one(args) -> dict:
     """One pool size, in its own process so the driver's peak RSS belongs to this size alone."""
     from raydm2 import runtime
@@ -321,7 +329,8 @@ def scale_one(args) -> dict:
     request = _config(pool_uri, "small_cnn", 1, 28, 1000, 512).acquire_request(ckpt, 1, np.empty(0, np.int64))
     total, result = C.seconds(acquire, request, AcquireOptions(batch_size=512))
     out = {"images": args.n, "total_s": total, "s_per_image": total / args.n,
-           "driver_peak_rss_mib": C.PeakRSS.mib(), "driver_rss_before_mib": rss_before, **C.per_stage(result)}
+           "driver_peak_rss_mib": C.PeakRSS.mib(), "driver_rss_before_mib": rss_before,
+           **_rss_parts(), **C.per_stage(result)}
     print("SCALE_RESULT " + json.dumps(out, default=float), flush=True)
     return out
 
