@@ -206,19 +206,46 @@ def pools(dataset: str, data_root: str, workdir: str, split: str = "test",
     return train, held_out
 
 
-def pick_shares(runs: list[dict], group: np.ndarray) -> dict:
-    """Per strategy, the share of its acquired images (every round after the seed set) in each group, mean ± std
-    over seeds; `group[id]` is a pool image's group. Strategies whose records predate `added` are left out."""
+def _with_picks(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs by strategy, leaving out strategies whose records predate the rounds' `added` ids."""
     by_strategy: dict[str, list[dict]] = {}
     for r in runs:
-        if all("added" in row for row in r["rounds"]):
-            by_strategy.setdefault(r["strategy"], []).append(r)
+        by_strategy.setdefault(r["strategy"], []).append(r)
+    return {k: rs for k, rs in by_strategy.items() if all("added" in row for r in rs for row in r["rounds"])}
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def pick_shares(runs: list[dict], group: np.ndarray) -> dict:
+    """Per strategy, the share of its acquired images (every round after the seed set) in each group, mean ± std
+    over seeds; `group[id]` is a pool image's group."""
     out = {}
-    for strategy, rs in by_strategy.items():
+    for strategy, rs in _with_picks(runs).items():
         picked = [group[np.concatenate([row["added"] for row in r["rounds"][1:]]).astype(int)] for r in rs]
-        out[strategy] = {g: {"mean": float(np.mean([np.mean(p == g) for p in picked])),
-                             "std": float(np.std([np.mean(p == g) for p in picked], ddof=1)) if len(rs) > 1 else 0.0}
-                         for g in np.unique(group)}
+        out[strategy] = {g: _mean_std([float(np.mean(p == g)) for p in picked]) for g in np.unique(group)}
+    return out
+
+
+def class_balance(labels: np.ndarray, num_classes: int) -> float:
+    """Normalised entropy of the labels' class histogram: 1 when every class has the same count, 0 for one class."""
+    p = np.bincount(labels, minlength=num_classes) / len(labels)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum() / np.log(num_classes))
+
+
+def pick_balance(runs: list[dict], y: np.ndarray) -> dict:
+    """Per strategy, the class balance (`class_balance`) of its first acquisition and of every acquisition after
+    the seed set together, mean ± std over seeds; `y[id]` is a pool image's label. The first acquisition is where
+    the balanced protocols' uncertainty picks lose accuracy (docs/benchmarks.md)."""
+    classes = int(y.max()) + 1
+    out = {}
+    for strategy, rs in _with_picks(runs).items():
+        first = [class_balance(y[np.asarray(r["rounds"][1]["added"], int)], classes) for r in rs]
+        every = [class_balance(y[np.concatenate([row["added"] for row in r["rounds"][1:]]).astype(int)], classes)
+                 for r in rs]
+        out[strategy] = {"first_round": _mean_std(first), "all_rounds": _mean_std(every)}
     return out
 
 
@@ -286,15 +313,15 @@ def run(args) -> dict:
     report = simulate(plan, work, title=f"{args.protocol}: {len(args.seeds)} seeds",
                       records=os.path.join(args.records, folder))
     summary = report["summary"]
-    group = pool_arrays(protocol["dataset"], args.data_root, args.split, protocol.get("long_tail"),
-                        protocol.get("noisy"))[2]
+    _, y, group, _, _ = pool_arrays(protocol["dataset"], args.data_root, args.split, protocol.get("long_tail"),
+                                    protocol.get("noisy"))
     out = {"protocol": args.protocol, "engine": args.engine, "settings": protocol, "seeds": args.seeds,
            **_split_sizes(args.split, train),
            "aubc": {k: v["aubc"] for k, v in summary.items()},
            "final_accuracy": {k: v["final_accuracy"] for k, v in summary.items()},
            "summary": summary,
            "pool_groups": {g: float(np.mean(group == g)) for g in np.unique(group)},
-           "picked": pick_shares(report["runs"], group)}
+           "picked": pick_shares(report["runs"], group), "pick_balance": pick_balance(report["runs"], y)}
     name = _result_name(f"select_{args.protocol}", args, sorted(args.strategies) == sorted(ALL))
     C.save(name, {**out, "partial": name.endswith("_partial"), "curves_png": f"{name}_curves.png"})
     shutil.copyfile(os.path.join(work, "curves.png"), os.path.join(C.RESULTS, f"{name}_curves.png"))

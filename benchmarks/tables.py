@@ -554,17 +554,20 @@ def select_table(res: Results, name: str) -> str:
 
 
 def select_picks(res: Results, name: str) -> str:
-    """What each strategy acquired (every round after the seed set), by pool group, as shares of its picks, mean ±
-    std over seeds (results/select_<name>.json's `picked`); the header gives each group's share of the pool, which
-    random should match. Strategies whose records predate the list of added ids have no row."""
+    """What each strategy acquired (every round after the seed set), by pool group, as shares of its picks, and the
+    class balance of its picks (normalised entropy, 1 = every class alike), mean ± std over seeds
+    (results/select_<name>.json's `picked` and `pick_balance`); the header gives each group's share of the pool,
+    which random should match. Strategies whose records predate the list of added ids have no row."""
     d = res.json(f"select_{name}")
-    groups = list(d["pool_groups"])
+    groups = [g for g in d["pool_groups"] if g != "all"]  # a pool of one group has only the balance columns
     order = [k for k in sorted(d["summary"], key=lambda k: -d["summary"][k]["aubc"]["mean"]) if k in d["picked"]]
     rows = [[bold("dm2") if k == "dm2" else k,
-             *(f"{100 * d['picked'][k][g]['mean']:.1f} ± {100 * d['picked'][k][g]['std']:.1f} %" for g in groups)]
+             *(f"{100 * d['picked'][k][g]['mean']:.1f} ± {100 * d['picked'][k][g]['std']:.1f} %" for g in groups),
+             *(pm(d["pick_balance"][k][when], 3) for when in ("first_round", "all_rounds"))]
             for k in order]
     return table(["strategy", *(f"{g.replace('_', ' ')} ({100 * d['pool_groups'][g]:.1f} % of the pool)"
-                                for g in groups)], "l" + "r" * len(groups), rows)
+                                for g in groups), "class balance, first acquisition", "class balance, all"],
+                 "l" + "r" * (len(groups) + 2), rows)
 
 
 def select_goal(res: Results) -> str:

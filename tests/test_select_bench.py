@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
@@ -138,3 +139,15 @@ def test_pool_arrays_groups_the_rarer_half_of_a_long_tail_and_a_noisy_pools_orig
     _, _, group, _, _ = select_bench.pool_arrays("fashion_mnist", "unused", noise={"corrupt": 0.2, "duplicate": 0.1})
     assert len(group) == 1100 and (group == "clean").sum() == 800 and (group == "duplicate").sum() == 100
     assert set(select_bench.pool_arrays("fashion_mnist", "unused")[2]) == {"all"}
+
+
+def test_class_balance_of_picks_is_the_normalised_entropy_of_their_classes():
+    assert select_bench.class_balance(np.array([0, 1, 2, 3]), 4) == pytest.approx(1.0)
+    assert select_bench.class_balance(np.array([2, 2, 2]), 4) == 0.0
+    # Two classes of four, equally: ln 2 / ln 4.
+    assert select_bench.class_balance(np.array([0, 0, 3, 3]), 4) == pytest.approx(0.5)
+    y = np.array([0, 0, 1, 1, 2, 3])
+    runs = [{"strategy": "dm2", "rounds": [{"added": [0]}, {"added": [0, 1]}, {"added": [2, 4]}]}]
+    balance = select_bench.pick_balance(runs, y)["dm2"]
+    assert balance["first_round"]["mean"] == 0.0  # ids 0 and 1 are both class 0
+    assert balance["all_rounds"]["mean"] == pytest.approx(select_bench.class_balance(np.array([0, 0, 1, 2]), 4))
