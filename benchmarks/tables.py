@@ -786,6 +786,7 @@ TABLES = {
     "ablation_mnist": lambda res: ablation_table(res, "mnist", robust=True),
     "ablation_fashion_mnist": lambda res: ablation_table(res, "fashion_mnist", robust=False),
     "lam_validation_mnist": lambda res: lam_validation(res, "mnist"),
+    "spread_validation_fashion_mnist": lambda res: spread_validation(res, "fashion_mnist"),
     "acquire_scale": acquire_scale,
     "acquire_scale_targets": acquire_scale_targets,
     "acquire_scale_recall": acquire_scale_recall,
