@@ -521,10 +521,11 @@ def _earlier(res: Results, name: str, strategy: str, current_dm2: dict) -> str:
     return f"{lams[now]:.4f} (λ {now}), {value:.4f} (λ {then[0]})"
 
 
-def select_table(res: Results, name: str) -> str:
-    """One protocol's strategies, best AUBC first: results/select_<name>.json, per-seed AUBC from the records in
-    results/runs/<name>-<engine>/, and the earlier table's AUBC from results/select_<name>*_before_records.json."""
-    d = res.json(f"select_{name}")
+def select_table(res: Results, name: str, result: str | None = None) -> str:
+    """One protocol's strategies, best AUBC first: results/select_<name>.json (or the partial `result`), per-seed
+    AUBC from the records in results/runs/<name>-<engine>/, and the earlier table's AUBC from
+    results/select_<name>*_before_records.json."""
+    d = res.json(result or f"select_{name}")
     s = d["settings"]
     folder = f"{name}-{d['engine']}"
     dm2 = dm2_ran_with(res, name)
@@ -554,12 +555,13 @@ def select_table(res: Results, name: str) -> str:
     return table(header, "l" * len(header), rows)
 
 
-def select_picks(res: Results, name: str) -> str:
+def select_picks(res: Results, name: str, result: str | None = None) -> str:
     """What each strategy acquired (every round after the seed set), by pool group, as shares of its picks, and the
     class balance of its picks (normalised entropy, 1 = every class alike), mean ± std over seeds
     (results/select_<name>.json's `picked` and `pick_balance`); the header gives each group's share of the pool,
-    which random should match. Strategies whose records predate the list of added ids have no row."""
-    d = res.json(f"select_{name}")
+    which random should match. Strategies whose records predate the list of added ids have no row. `result` names
+    a partial result file instead."""
+    d = res.json(result or f"select_{name}")
     groups = [g for g in d["pool_groups"] if g != "all"]  # a pool of one group has only the balance columns
     order = [k for k in sorted(d["summary"], key=lambda k: -d["summary"][k]["aubc"]["mean"]) if k in d["picked"]]
     rows = [[bold("dm2") if k == "dm2" else k,
@@ -573,19 +575,22 @@ def select_picks(res: Results, name: str) -> str:
 
 def select_goal(res: Results) -> str:
     """Issue #22's goal, protocol by protocol, for every protocol whose whole run is recorded
-    (results/select_<name>.json): DM2's AUBC above random's, and within one standard deviation of the best other
-    strategy's."""
+    (results/select_<name>.json) or, saying so, every run of some strategies (select_<name>_subset_partial.json):
+    DM2's AUBC above random's, and within one standard deviation of the best other strategy's."""
     rows = []
     for name in PROTOCOL_ROWS:
-        if not res.exists(f"select_{name}"):
+        # A protocol recorded for every seed and round but not yet every strategy has a row that says so.
+        result = next((r for r in (f"select_{name}", f"select_{name}_subset_partial") if res.exists(r)), None)
+        if result is None:
             continue
-        aubc = res.json(f"select_{name}")["aubc"]
+        aubc = res.json(result)["aubc"]
+        label = f"`{name}`" if result == f"select_{name}" else f"`{name}` (partial: {len(aubc)} strategies)"
         dm2, rnd = aubc["dm2"], aubc["random"]
         best = max((k for k in aubc if k != "dm2"), key=lambda k: aubc[k]["mean"])
         rank = 1 + sum(v["mean"] > dm2["mean"] for v in aubc.values())
         above = dm2["mean"] > rnd["mean"]
         near = dm2["mean"] >= aubc[best]["mean"] - aubc[best]["std"]
-        rows.append([f"`{name}`", f"{pm(dm2)} ({_preset_note(res, name, dm2_ran_with(res, name))})", pm(rnd),
+        rows.append([label, f"{pm(dm2)} ({_preset_note(res, name, dm2_ran_with(res, name))})", pm(rnd),
                      f"{best} {pm(aubc[best])}", f"{rank} of {len(aubc)}", "yes" if above else "no",
                      "yes" if near else "no", bold("met") if above and near else "not met"])
     return table(["protocol", "DM2 AUBC", "random", "best other", "DM2's rank", "above random",
@@ -611,11 +616,11 @@ def dm2_ran_with(res: Results, name: str) -> dict:
     otherwise its preset's."""
     if res.exists(f"ablation_{name}"):
         return _preset_setting(res, name, res.json(f"ablation_{name}")["rows"])
-    return dm2_settings(res.json(f"select_{name}")["settings"]["preset"])
+    return dm2_settings(protocol(res, name)["preset"])
 
 
 def _preset_note(res: Results, name: str, ran: dict) -> str:
-    now = dm2_settings(res.json(f"select_{name}")["settings"]["preset"])
+    now = dm2_settings(protocol(res, name)["preset"])
     return "the preset" if ran == now else "the preset when this ran"
 
 

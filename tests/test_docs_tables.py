@@ -102,7 +102,19 @@ def test_the_goal_row_says_above_random_and_within_one_std_of_the_best(tables, t
     aubc = {"dm2": {"mean": dm2, "std": 0.01}, "random": {"mean": 0.69, "std": 0.02},
             "margin": {"mean": 0.72, "std": best_std}}
     (tmp_path / "select_fashion_mnist.json").write_text(json.dumps(
-        {"aubc": aubc, "settings": {"preset": "fashion_mnist"}}))
+        {"aubc": aubc, "settings": {"preset": "fashion_mnist"}, "pool_subset": 10_000, "test_subset": 2_000,
+         "seeds": [0, 1, 2]}))
     rows = tables.select_goal(tables.Results(str(tmp_path))).split("\n")[2:]
     assert len(rows) == 1 and rows[0].startswith("| `fashion_mnist` | 0.") and "| margin 0.7200 ± " in rows[0]
     assert rows[0].endswith(verdict)
+
+
+def test_a_goal_row_from_a_partial_result_says_so(tables, tmp_path):
+    import json
+
+    aubc = {"dm2": {"mean": 0.70, "std": 0.01}, "random": {"mean": 0.69, "std": 0.02}}
+    (tmp_path / "select_noisy_fashion_mnist_subset_partial.json").write_text(json.dumps(
+        {"aubc": aubc, "settings": {"preset": "fashion_mnist"}, "pool_subset": 10_000, "test_subset": 2_000,
+         "seeds": [0, 1, 2]}))
+    rows = tables.select_goal(tables.Results(str(tmp_path))).split("\n")[2:]
+    assert len(rows) == 1 and rows[0].startswith("| `noisy_fashion_mnist` (partial: 2 strategies) | 0.7000 ± ")
