@@ -214,17 +214,15 @@ def _with_picks(runs: list[dict]) -> dict[str, list[dict]]:
     return {k: rs for k, rs in by_strategy.items() if all("added" in row for r in rs for row in r["rounds"])}
 
 
-def _mean_std(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-
-
 def pick_shares(runs: list[dict], group: np.ndarray) -> dict:
     """Per strategy, the share of its acquired images (every round after the seed set) in each group, mean ± std
     over seeds; `group[id]` is a pool image's group."""
+    from raydm2.service.simulate import mean_std
+
     out = {}
     for strategy, rs in _with_picks(runs).items():
         picked = [group[np.concatenate([row["added"] for row in r["rounds"][1:]]).astype(int)] for r in rs]
-        out[strategy] = {g: _mean_std([float(np.mean(p == g)) for p in picked]) for g in np.unique(group)}
+        out[strategy] = {g: mean_std([float(np.mean(p == g)) for p in picked]) for g in np.unique(group)}
     return out
 
 
@@ -239,13 +237,15 @@ def pick_balance(runs: list[dict], y: np.ndarray) -> dict:
     """Per strategy, the class balance (`class_balance`) of its first acquisition and of every acquisition after
     the seed set together, mean ± std over seeds; `y[id]` is a pool image's label. The first acquisition is where
     the balanced protocols' uncertainty picks lose accuracy (docs/benchmarks.md)."""
+    from raydm2.service.simulate import mean_std
+
     classes = int(y.max()) + 1
     out = {}
     for strategy, rs in _with_picks(runs).items():
         first = [class_balance(y[np.asarray(r["rounds"][1]["added"], int)], classes) for r in rs]
         every = [class_balance(y[np.concatenate([row["added"] for row in r["rounds"][1:]]).astype(int)], classes)
                  for r in rs]
-        out[strategy] = {"first_round": _mean_std(first), "all_rounds": _mean_std(every)}
+        out[strategy] = {"first_round": mean_std(first), "all_rounds": mean_std(every)}
     return out
 
 

@@ -257,7 +257,7 @@ def _run_local(plan: SimulationPlan, config: ProjectConfig, folder: str, data: P
     return salt
 
 
-def _mean_std(values: list[float]) -> dict:
+def mean_std(values: list[float]) -> dict:
     a = np.asarray(values, float)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
 
@@ -272,21 +272,21 @@ def summarise(runs: list[dict]) -> dict:
         out[name] = {
             "seeds": [r["seed"] for r in rs],
             "environments": sorted({r.get("environment", "not recorded") for r in rs}),
-            "aubc": _mean_std([r["aubc"] for r in rs]),
-            "robust_aubc": _mean_std([r["robust_aubc"] for r in rs]),
-            "final_accuracy": _mean_std([r["rounds"][-1]["clean_accuracy"] for r in rs]),
-            "final_robust_accuracy": _mean_std([r["rounds"][-1]["robust_accuracy"] for r in rs]),
-            "acquire_s_per_round": _mean_std([np.mean([x["acquire_s"] for x in r["rounds"][1:]] or [0.0])
+            "aubc": mean_std([r["aubc"] for r in rs]),
+            "robust_aubc": mean_std([r["robust_aubc"] for r in rs]),
+            "final_accuracy": mean_std([r["rounds"][-1]["clean_accuracy"] for r in rs]),
+            "final_robust_accuracy": mean_std([r["rounds"][-1]["robust_accuracy"] for r in rs]),
+            "acquire_s_per_round": mean_std([np.mean([x["acquire_s"] for x in r["rounds"][1:]] or [0.0])
                                               for r in rs]),
             "curve": [{"labels": rs[0]["rounds"][i]["labels"],
-                       "accuracy": _mean_std([r["rounds"][i]["clean_accuracy"] for r in rs]),
-                       "robust_accuracy": _mean_std([r["rounds"][i]["robust_accuracy"] for r in rs])}
+                       "accuracy": mean_std([r["rounds"][i]["clean_accuracy"] for r in rs]),
+                       "robust_accuracy": mean_std([r["rounds"][i]["robust_accuracy"] for r in rs])}
                       for i in range(rounds)],
         }
         # Records from before balanced accuracy was measured have none; a summary never mixes the two.
         if all("balanced_aubc" in r for r in rs):
-            out[name]["balanced_aubc"] = _mean_std([r["balanced_aubc"] for r in rs])
-            out[name]["final_balanced_accuracy"] = _mean_std([r["rounds"][-1]["balanced_accuracy"] for r in rs])
+            out[name]["balanced_aubc"] = mean_std([r["balanced_aubc"] for r in rs])
+            out[name]["final_balanced_accuracy"] = mean_std([r["rounds"][-1]["balanced_accuracy"] for r in rs])
     return out
 
 
