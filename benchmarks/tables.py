@@ -757,7 +757,8 @@ def real_pools_pretrained(res: Results) -> str:
 def cold_start(res: Results) -> str:
     r = res.json("cold_start")["results"]
     rows = []
-    for start in [s for s in ("scratch", "pretrained", "simclr") if s in r]:  # records before raydm2 pretrain have no simclr
+    # Records from before raydm2 pretrain have no simclr start.
+    for start in [s for s in ("scratch", "pretrained", "simclr") if s in r]:
         for name in ("random", "margin", "dm2"):
             cells = [r[start][seeding][name] for seeding in ("random", "typiclust")]
             rows.append([start, name] + [pm(c["first_round_accuracy"], 3) for c in cells]

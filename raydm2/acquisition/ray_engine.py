@@ -331,8 +331,8 @@ def _add_to_cache(embedded: ray.data.Dataset, cache: Location) -> None:
 
 
 def _blocks(ds: ray.data.Dataset, columns: list[str] | None = None) -> list:
-    """`ds`'s blocks of `columns` (all by default), computed now (from the driver) and handed over as a one-element list holding
-    their refs (Ray does not resolve refs nested in a list). A task or actor that holds a CPU reads these blocks
+    """`ds`'s blocks of `columns` (all by default), computed now (from the driver) and handed over as a one-element
+    list holding their refs (Ray does not resolve refs nested in a list). A task or actor that holds a CPU reads these blocks
     itself: were it to run Ray Data on a lazy dataset, it would wait for CPUs that tasks like it may all be
     holding (two acquisitions on a 2-CPU cluster deadlocked that way)."""
     return [(ds if columns is None else ds.select_columns(columns)).to_arrow_refs()]
