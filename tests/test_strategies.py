@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from raydm2.acquisition import AcquireOptions, acquire, strategies
-from raydm2.acquisition.greedy import kcenter_greedy, kmeans_representatives, kmeanspp_seeds, min_distances
+from raydm2.acquisition.greedy import (kcenter_greedy, kmeans_clusters, kmeans_representatives, kmeanspp_seeds,
+                                       min_distances)
 from raydm2.acquisition.strategies import alpha_mix, badge, bald, coreset, noise_stability, uncertainty
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.config import ProjectConfig
@@ -185,6 +186,14 @@ def test_kmeans_representatives_take_one_per_cluster():
     x = np.concatenate([c + rng.normal(0, 0.1, (20, 2)) for c in centres])
     reps = kmeans_representatives(x, 3, seed=1)
     assert sorted(int(r) // 20 for r in reps) == [0, 1, 2]
+
+
+def test_clustering_a_few_points_a_cluster_prints_no_faiss_warning(capfd):
+    # DM2's spread clusters s·B candidates into B clusters: few points a cluster is the design, and FAISS's
+    # "please provide at least ... training points" on stderr would land in every user's console.
+    x = np.random.default_rng(0).normal(size=(200, 8))
+    assign, _ = kmeans_clusters(x, 50, seed=0)
+    assert len(np.unique(assign)) > 1 and "training points" not in capfd.readouterr().err
 
 
 # ---- end to end through Ray, against the in-memory engine ---------------------------------------------------

@@ -70,7 +70,9 @@ def kmeans_clusters(x: np.ndarray, k: int, seed: int, iterations: int = 20) -> t
     import faiss
 
     data = np.ascontiguousarray(x, np.float32)
-    km = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, verbose=False)
+    # min_points_per_centroid only decides when FAISS warns on stderr; the few points a cluster gets when DM2's
+    # spread or ALFA-Mix cluster a few hundred candidates are by design, not a mistake to warn a user of.
+    km = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, verbose=False, min_points_per_centroid=1)
     km.train(data)
     _, assign = km.index.search(data, 1)
     assign = assign[:, 0]

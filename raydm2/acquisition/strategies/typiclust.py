@@ -47,7 +47,7 @@ def typiclust(ids: np.ndarray, z: np.ndarray, labeled_z: np.ndarray, budget: int
 
     unit = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     clusters = min(len(labeled_z) + budget, len(z))
-    km = faiss.Kmeans(unit.shape[1], clusters, niter=20, seed=seed, verbose=False)
+    km = faiss.Kmeans(unit.shape[1], clusters, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
     km.train(np.ascontiguousarray(unit, np.float32))
     _, assign = km.index.search(np.ascontiguousarray(unit, np.float32), 1)
     assign = assign[:, 0]
