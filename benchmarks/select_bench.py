@@ -309,7 +309,8 @@ def run(args) -> dict:
     train, test = pools(protocol["dataset"], args.data_root, args.workdir, args.split, protocol.get("long_tail"),
                         protocol.get("noisy"))
     _connect(args)
-    plan = _plan(protocol, _base(protocol, train, test), args.strategies, args)
+    base = _base(protocol, train, test)
+    plan = _plan(protocol, base, args.strategies, args)
     report = simulate(plan, work, title=f"{args.protocol}: {len(args.seeds)} seeds",
                       records=os.path.join(args.records, folder))
     summary = report["summary"]
@@ -320,6 +321,9 @@ def run(args) -> dict:
            "aubc": {k: v["aubc"] for k, v in summary.items()},
            "final_accuracy": {k: v["final_accuracy"] for k, v in summary.items()},
            "summary": summary,
+           # What DM2 ran with, so a table can tell its runs from a preset changed since.
+           "dm2_settings": {"lam": base.strategy.lam, "k": base.strategy.knn.k, "mix": base.strategy.mix,
+                            "spread": base.strategy.spread},
            "pool_groups": {g: float(np.mean(group == g)) for g in np.unique(group)},
            "picked": pick_shares(report["runs"], group), "pick_balance": pick_balance(report["runs"], y)}
     name = _result_name(f"select_{args.protocol}", args, sorted(args.strategies) == sorted(ALL))

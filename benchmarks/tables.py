@@ -111,10 +111,10 @@ def preset(name: str) -> dict:
 
 
 def dm2_settings(protocol_preset: str) -> dict:
-    """λ, k and mix DM2 runs with under a preset."""
+    """λ, k, mix and spread DM2 runs with under a preset."""
     s = preset(protocol_preset)["strategy"]
     return {"lam": s.get("lam", DM2_DEFAULTS["lam"]), "k": s.get("knn", {}).get("k", DM2_DEFAULTS["k"]),
-            "mix": s.get("mix", DM2_DEFAULTS["mix"])}
+            "mix": s.get("mix", DM2_DEFAULTS["mix"]), "spread": s.get("spread")}
 
 
 def protocol(res: Results, name: str) -> dict:
@@ -490,7 +490,8 @@ ACQUIRE_NOTES = {("cifar10_cpu", "noise_stability"): "three processes"}
 
 
 def _dm2_label(settings: dict) -> str:
-    return f"(λ {settings['lam']}, k {settings['k']}, mix {settings['mix']})"
+    spread = f", spread {settings['spread']}" if settings["spread"] else ""
+    return f"(λ {settings['lam']}, k {settings['k']}, mix {settings['mix']}{spread})"
 
 
 def _per_seed(res: Results, folder: str, strategy: str, seeds: list[int]) -> list[float]:
@@ -528,7 +529,7 @@ def select_table(res: Results, name: str, result: str | None = None) -> str:
     d = res.json(result or f"select_{name}")
     s = d["settings"]
     folder = f"{name}-{d['engine']}"
-    dm2 = dm2_ran_with(res, name)
+    dm2 = dm2_ran_with(res, name, result)
     labels = s["initial"] + s["per_round"] * s["rounds"]
     order = sorted(d["summary"], key=lambda k: -d["summary"][k]["aubc"]["mean"])
     note = _preset_note(res, name, dm2)
@@ -590,7 +591,7 @@ def select_goal(res: Results) -> str:
         rank = 1 + sum(v["mean"] > dm2["mean"] for v in aubc.values())
         above = dm2["mean"] > rnd["mean"]
         near = dm2["mean"] >= aubc[best]["mean"] - aubc[best]["std"]
-        rows.append([label, f"{pm(dm2)} ({_preset_note(res, name, dm2_ran_with(res, name))})", pm(rnd),
+        rows.append([label, f"{pm(dm2)} ({_preset_note(res, name, dm2_ran_with(res, name, result))})", pm(rnd),
                      f"{best} {pm(aubc[best])}", f"{rank} of {len(aubc)}", "yes" if above else "no",
                      "yes" if near else "no", bold("met") if above and near else "not met"])
     return table(["protocol", "DM2 AUBC", "random", "best other", "DM2's rank", "above random",
@@ -611,11 +612,15 @@ def _preset_setting(res: Results, name: str, rows: list[dict]) -> dict:
     return start
 
 
-def dm2_ran_with(res: Results, name: str) -> dict:
-    """λ, k and mix of a protocol's own DM2 runs: the ablation's starting point where the protocol has a sweep,
-    otherwise its preset's."""
+def dm2_ran_with(res: Results, name: str, result: str | None = None) -> dict:
+    """λ, k, mix and spread of a protocol's own DM2 runs: as its result file (select_<name>.json or the partial
+    `result`) recorded them; for files from before they were recorded, the ablation's starting point where the
+    protocol has a sweep, otherwise its preset's."""
+    result = result or f"select_{name}"
+    if res.exists(result) and "dm2_settings" in res.json(result):
+        return res.json(result)["dm2_settings"]
     if res.exists(f"ablation_{name}"):
-        return _preset_setting(res, name, res.json(f"ablation_{name}")["rows"])
+        return {**_preset_setting(res, name, res.json(f"ablation_{name}")["rows"]), "spread": None}
     return dm2_settings(protocol(res, name)["preset"])
 
 
@@ -645,12 +650,16 @@ def ablation_table(res: Results, name: str, robust: bool) -> str:
                 pm(final), ", ".join(f"{r['aubc']:.3f}" for r in recs), f"{first_mean:.3f}"]
 
     own = f"{name}-{sel['engine']}"
-    preset_recs = [res.record(own, "dm2", seed) for seed in seeds]
+    sweep = f"ablation-{name}-{d['engine']}"
+    # The start is the protocol's own DM2 runs until the preset moves on and they run again; the start's records
+    # are then kept in the sweep's `defaults` folder.
+    start_folder = f"{sweep}/defaults" if res.has_records(f"{sweep}/defaults") else own
+    preset_recs = [res.record(start_folder, "dm2", seed) for seed in seeds]
     preset_row = next(r for r in d["rows"] if r["param"] == "lam" and r["value"] == start["lam"])
-    label = ", ".join(setting_label(p, v) for p, v in start.items()) + f" ({_preset_note(res, name, start)})"
+    note = _preset_note(res, name, {**start, "spread": None})
+    label = ", ".join(setting_label(p, v) for p, v in start.items()) + f" ({note})"
     out = [row(bold(label), bold(pm(preset_row["aubc"])), preset_row["final_accuracy"], preset_recs,
                at_first(preset_recs))]
-    sweep = f"ablation-{name}-{d['engine']}"
     for r in d["rows"]:
         if r["value"] == start[r["param"]]:
             continue
@@ -707,9 +716,11 @@ def spread_validation(res: Results, name: str) -> str:
     uncertainty picks dip) and final accuracy. Nothing here has seen the test subset."""
     d = res.json(f"ablation_{name}_validation_subset_partial")
     rnd = res.json(f"select_{name}_validation_subset_partial")
-    own = f"{name}-{d['engine']}-validation"  # the defaults are the protocol's own DM2 runs on validation
-    settings = [("spread off (the preset)", own, "dm2")] + [
-        (f"spread = {r['value']}", f"ablation-{name}-{d['engine']}-validation/spread={r['value']}", "dm2")
+    own = f"{name}-{d['engine']}-validation"  # the sweep's start: the protocol's own DM2 runs on validation
+    now = dm2_settings(name)["spread"]
+    settings = [(f"spread off ({'the preset' if now is None else 'the preset before this sweep'})", own, "dm2")] + [
+        (f"spread = {r['value']}" + (" (the preset)" if r["value"] == now else ""),
+         f"ablation-{name}-{d['engine']}-validation/spread={r['value']}", "dm2")
         for r in d["rows"] if r["param"] == "spread"] + [("(random)", f"{name}-{rnd['engine']}-validation", "random")]
     rows, means = [], []
     for label, folder, strategy in settings:
@@ -789,10 +800,8 @@ TABLES = {
     "select_cifar10_cpu": lambda res: select_table(res, "cifar10_cpu"),
     "select_imbalanced_fashion_mnist_50": lambda res: select_table(res, "imbalanced_fashion_mnist_50"),
     "picks_imbalanced_fashion_mnist_50": lambda res: select_picks(res, "imbalanced_fashion_mnist_50"),
-    "select_noisy_fashion_mnist": lambda res: select_table(res, "noisy_fashion_mnist",
-                                                           "select_noisy_fashion_mnist_subset_partial"),
-    "picks_noisy_fashion_mnist": lambda res: select_picks(res, "noisy_fashion_mnist",
-                                                          "select_noisy_fashion_mnist_subset_partial"),
+    "select_noisy_fashion_mnist": lambda res: select_table(res, "noisy_fashion_mnist"),
+    "picks_noisy_fashion_mnist": lambda res: select_picks(res, "noisy_fashion_mnist"),
     "ablation_mnist": lambda res: ablation_table(res, "mnist", robust=True),
     "ablation_fashion_mnist": lambda res: ablation_table(res, "fashion_mnist", robust=False),
     "lam_validation_mnist": lambda res: lam_validation(res, "mnist"),

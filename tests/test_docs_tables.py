@@ -118,3 +118,16 @@ def test_a_goal_row_from_a_partial_result_says_so(tables, tmp_path):
          "seeds": [0, 1, 2]}))
     rows = tables.select_goal(tables.Results(str(tmp_path))).split("\n")[2:]
     assert len(rows) == 1 and rows[0].startswith("| `noisy_fashion_mnist` (partial: 2 strategies) | 0.7000 ± ")
+
+
+@pytest.mark.parametrize("spread, note", [(4, "(the preset)"), (None, "(the preset when this ran)")])
+def test_dm2s_cell_names_the_settings_its_result_file_recorded(tables, tmp_path, spread, note):
+    import json
+
+    assert tables.dm2_settings("fashion_mnist")["spread"] == 4  # the case below that matches the preset
+    aubc = {"dm2": {"mean": 0.70, "std": 0.01}, "random": {"mean": 0.69, "std": 0.02}}
+    (tmp_path / "select_fashion_mnist.json").write_text(json.dumps(
+        {"aubc": aubc, "settings": {"preset": "fashion_mnist"}, "pool_subset": 10_000, "test_subset": 2_000,
+         "seeds": [0, 1, 2], "dm2_settings": {"lam": 0.8, "k": 10, "mix": "random", "spread": spread}}))
+    rows = tables.select_goal(tables.Results(str(tmp_path))).split("\n")[2:]
+    assert rows[0].startswith(f"| `fashion_mnist` | 0.7000 ± 0.0100 {note} |")
