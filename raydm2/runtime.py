@@ -255,6 +255,8 @@ def plan_actors(requested: int | None = None, use_gpu: bool | None = None) -> Ac
     spare = max(0.5, free - 1.0) if free > 1.0 else max(0.25, free / 2)
     size = requested or max(1, int(spare))
     per_actor = max(0.1, math.floor(spare / size * 100) / 100)
-    # The reservation only steers Ray's scheduler; torch's intra-op threads may use every free core, since
-    # the decode tasks beside the actors are light next to the model.
-    return ActorPlan(size=size, num_cpus=per_actor, num_gpus=0.0, threads=max(1, int(free // size)))
+    # The reservation only steers Ray's scheduler; torch's intra-op threads may use every core, since the decode
+    # tasks beside the actors are light next to the model. Threads come from the cluster's CPUs, not the free ones:
+    # a light task still finishing when a stage is planned would otherwise leave its actors one thread.
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return ActorPlan(size=size, num_cpus=per_actor, num_gpus=0.0, threads=max(1, int(cpus // size)))

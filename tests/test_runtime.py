@@ -18,6 +18,26 @@ def test_cpu_actor_plan_leaves_room_for_upstream_tasks(ray_cluster):
     assert three.size == 3 and three.size * three.num_cpus < free
 
 
+@ray.remote(num_cpus=1)
+class _CpuHolder:
+    def ready(self) -> bool:
+        return True
+
+
+def test_cpu_actor_threads_do_not_depend_on_a_task_still_holding_a_cpu(ray_cluster):
+    # A stage is planned right after the one before; whatever still holds a CPU then must not cut the new
+    # stage's actors to one thread for the rest of the acquisition.
+    cpus = ray.cluster_resources()["CPU"]
+    quiet = runtime.plan_actors()
+    holder = _CpuHolder.remote()
+    try:
+        ray.get(holder.ready.remote())
+        busy = runtime.plan_actors()
+    finally:
+        ray.kill(holder)
+    assert cpus >= 2 and busy.threads == quiet.threads == int(cpus // quiet.size)
+
+
 def test_connect_selects_the_v1_parquet_reader_unless_ray_is_told_otherwise(ray_cluster, monkeypatch):
     ctx = ray.data.DataContext.get_current()
     monkeypatch.setattr(ctx, "use_datasource_v2", True)

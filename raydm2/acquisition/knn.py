@@ -368,8 +368,11 @@ class NeighbourSearcher:
 
     def __init__(self, index, params, threads: int, choose: bool = True):
         import faiss
+        import torch
 
         faiss.omp_set_num_threads(max(1, threads))
+        # The exact re-rank is torch's cdist, whose pool Ray sizes from the actor's CPU reservation, not the plan.
+        torch.set_num_threads(max(1, threads))
         if isinstance(index, list):
             import ray
 

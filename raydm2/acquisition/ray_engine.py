@@ -278,7 +278,7 @@ def _restrict(ds: ray.data.Dataset, excluded: np.ndarray | None = None, only: np
     if only is not None:
         return ds.map_batches(_keep_ids, fn_kwargs={"wanted": [ray.put(np.asarray(only, np.int64))]},
                               batch_format="numpy", num_cpus=0.25)
-    if excluded is not None:
+    if excluded is not None and len(excluded):  # a first round excludes nothing: no stage, no worker to start
         return ds.map_batches(_drop_ids, fn_kwargs={"excluded": [ray.put(np.asarray(excluded, np.int64))]},
                               batch_format="numpy", num_cpus=0.25)
     return ds
