@@ -15,7 +15,7 @@ from raydm2.data import pool
 from raydm2.ledger.config import validate_config
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.presets import PRESETS
-from raydm2.service.simulate import SimulationPlan, aubc, environment, simulate
+from raydm2.service.simulate import SimulationPlan, aubc, environment, simulate, source_files
 
 from helpers import CLASSES, open_in_chromium
 
@@ -151,3 +151,13 @@ def test_a_typiclust_round_0_is_its_own_setting(sample_pools, tmp_path):
     assert [r["seed_strategy"] for r in runs] == ["random", "typiclust"]
     assert runs[0]["settings"] != runs[1]["settings"] and runs[1]["settings"].endswith("/seed-typiclust")
     assert [x["labels"] for x in runs[1]["rounds"]] == [20, 30]
+
+
+def test_a_records_environment_digests_the_whole_package():
+    # It once digested raydm2/service alone, so runs before and after a change to a strategy or a preset named
+    # one environment.
+    import raydm2
+
+    root = os.path.dirname(raydm2.__file__)
+    files = {os.path.relpath(p, root) for p in source_files()}
+    assert {"acquisition/strategies/dm2.py", "ledger/presets.py", "service/simulate.py"} <= files

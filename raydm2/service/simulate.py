@@ -100,13 +100,20 @@ def environment() -> str:
             f"{torch.get_num_threads()} threads), numpy {np.__version__}")
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def source_files() -> list[str]:
+    """Every Python file of the raydm2 package, sorted: what a record's environment digests."""
+    return sorted(glob.glob(os.path.join(_PACKAGE, "**", "*.py"), recursive=True))
+
+
 @cache
 def _source_digest() -> str:
     """raydm2's source cannot change under a running process, but its thread count can: only this part is cached."""
-    root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
-        h.update(os.path.relpath(path, root).encode())
+    for path in source_files():
+        h.update(os.path.relpath(path, _PACKAGE).encode())
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:12]
