@@ -42,23 +42,24 @@ def assert_same_selection(got: pa.Table, want: pa.Table):
 
 @pytest.mark.parametrize("partners", ["shared", "joined"])
 @pytest.mark.parametrize(
-    "mix_mode, opts, spread",
+    "mix_mode, opts, option",
     [
-        ("random", AcquireOptions(actors=1), None),
-        ("mean", AcquireOptions(actors=3, batch_size=64, blocks=5), 4),
+        ("random", AcquireOptions(actors=1), {}),
+        ("mean", AcquireOptions(actors=3, batch_size=64, blocks=5), {"spread": 4}),
+        ("random", AcquireOptions(actors=2, blocks=3), {"balance": True}),
     ],
 )
 def test_distributed_selection_equals_reference(ray_cluster, sample_pools, trained_checkpoint, mix_mode, opts,
-                                                spread, partners, monkeypatch):
+                                                option, partners, monkeypatch):
     """Partner images come from the pool shared through the object store (small pools) or through hash joins
     (pools above `SHARED_IMAGES_MAX_BYTES`): either way, the in-memory engine's selection. With `spread`, the
-    k-means over the top candidates' embeddings too."""
+    k-means over the top candidates' embeddings too, and with `balance` the per-class quota."""
     if partners == "joined":
         monkeypatch.setattr(ray_engine, "SHARED_IMAGES_MAX_BYTES", 0)
-    cfg = config(sample_pools["mnist_train"], mix=mix_mode, knn={"mode": "exact"}, spread=spread)
+    cfg = config(sample_pools["mnist_train"], mix=mix_mode, knn={"mode": "exact"}, **option)
     result = acquire(cfg.acquire_request(trained_checkpoint, 1, LABELED), opts)
     assert_same_selection(result.selection, local_selection(cfg, trained_checkpoint, 1, LABELED))
-    if spread:  # ... which is not the plain top B
+    if option:  # ... which is not the plain top B
         plain = config(sample_pools["mnist_train"], mix=mix_mode, knn={"mode": "exact"})
         assert local_selection(plain, trained_checkpoint, 1, LABELED).column("id").to_pylist() != \
             result.selection.column("id").to_pylist()

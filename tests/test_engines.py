@@ -199,9 +199,26 @@ def test_spread_takes_the_best_scored_candidate_of_each_cluster_of_the_top_ones(
     assert picked.column("id").to_pylist() == [0, 3]  # the plain top two would be 0 and 1
 
 
-def test_spread_and_dedupe_are_not_given_together():
-    with pytest.raises(ValueError, match="give dedupe_radius or spread, not both"):
-        dm2.Settings(spread=4, dedupe_radius=0.1)
+@pytest.mark.parametrize("options", [{"spread": 4, "dedupe_radius": 0.1}, {"spread": 4, "balance": True},
+                                     {"balance": True, "dedupe_radius": 0.1}])
+def test_only_one_way_to_diversify_is_given(options):
+    with pytest.raises(ValueError, match="give one of dedupe_radius, spread and balance"):
+        dm2.Settings(**options)
+
+
+def test_balance_caps_each_predicted_class_then_fills_best_first():
+    # Six candidates best first by id: the mixes of 0, 1, 2 and 4 look like class 0, those of 3 and 5 like class 1.
+    candidates = pa.table({"id": pa.array(range(6), pa.int64()), "score": pa.array(np.linspace(0.9, 0.4, 6)),
+                           "mix_class": pa.array([0, 0, 0, 1, 0, 1], pa.int64()),
+                           **{c: pa.array([0.5] * 6) for c in ["neighbor_id", "mix_lambda", "anchor_conf",
+                                                                "neighbor_dist"]}})
+    picked, warnings = dm2.balanced_picks(candidates, budget=4, classes=2)
+    assert picked.column("id").to_pylist() == [0, 1, 3, 5] and not warnings  # the plain top four: 0, 1, 2, 3
+    # One class only: the quota of 2 runs out, and the best passed-over candidate fills the third place.
+    one_class = candidates.set_column(2, "mix_class", pa.array([0] * 6, pa.int64()))
+    picked, warnings = dm2.balanced_picks(one_class, budget=3, classes=2)
+    assert picked.column("id").to_pylist() == [0, 1, 2]
+    assert warnings == ["balance took 1 picks past its per-class quota of 2"]
 
 
 @pytest.fixture(scope="module")
