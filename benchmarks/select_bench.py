@@ -333,7 +333,8 @@ def run(args) -> dict:
 
 
 def ablation(args) -> dict:
-    """DM2's λ, k and mixing mode (and, when asked, `spread`), one setting changed at a time from the defaults."""
+    """DM2's λ, k and mixing mode (and, when asked, `spread` and `balance`), one setting changed at a time from the
+    defaults."""
     from raydm2.service.simulate import simulate
 
     protocol = PROTOCOLS[args.protocol]
@@ -343,7 +344,8 @@ def ablation(args) -> dict:
     variants = [("lam", v, {"strategy": {"lam": v}}) for v in args.lams] + \
                [("k", v, {"strategy": {"knn": {"k": v}}}) for v in args.ks] + \
                [("mix", v, {"strategy": {"mix": v}}) for v in args.mixes] + \
-               [("spread", v, {"strategy": {"spread": v}}) for v in args.spreads]
+               [("spread", v, {"strategy": {"spread": v}}) for v in args.spreads] + \
+               ([("balance", True, {"strategy": {"balance": True, "spread": None}})] if args.balance else [])
     folder = _workdir_name(f"ablation-{args.protocol}", args)
     defaults = _base(protocol, train, test).hash()
     rows, done = [], {}  # done: config hash -> summary, since the default value of each parameter is one setting
@@ -393,6 +395,8 @@ def main():
     sub.choices["ablation"].add_argument("--mixes", nargs="+", default=MIXES)
     sub.choices["ablation"].add_argument("--spreads", type=int, nargs="+", default=[],
                                          help="dm2.spread values to try (ours, off by default; none unless given)")
+    sub.choices["ablation"].add_argument("--balance", action="store_true",
+                                         help="also try dm2.balance (ours; off by default), with spread off")
     args = p.parse_args()
     args.func(args)
 
