@@ -213,16 +213,22 @@ def _shortlist(index: dict) -> str:
 
 
 FLOOR_MODELS = {"small_cnn": "small CNN", "resnet18": "resnet18 (CIFAR stem)"}
+# Each model's floor records, oldest first, with what the code had then; the last is acquire_floor_<arch>.json.
+FLOOR_RECORDS = {"small_cnn": {"acquire_floor_small_cnn_ivf_flat": "IVF-Flat index",
+                               "acquire_floor_small_cnn_fast_scan": "fast-scan index",
+                               "acquire_floor_small_cnn": "actor threads from the cluster's CPUs"},
+                 "resnet18": {"acquire_floor_resnet18": "IVF-Flat index, partners through two hash joins"}}
 
 
 def acquire_floor(res: Results) -> str:
     rows = []
     for arch, label in FLOOR_MODELS.items():
-        d = res.json(f"acquire_floor_{arch}")
-        rows.append([label, f"{d['one_pass_s']:.1f} s", f"{d['floor_s']:.1f} s", f"{d['acquire_total_s']:.1f} s",
-                     f"{d['floor_ratio']:#.3g}", stages(d["timings"])])
-    return table(["model", "one pass", "floor", "acquisition", "ratio", "embed / index / search / mix+score (s)"],
-                 "lrrrrl", rows)
+        for name, code in FLOOR_RECORDS[arch].items():
+            d = res.json(name)
+            rows.append([label, code, d["measured_at"][:10], f"{d['one_pass_s']:.1f} s", f"{d['floor_s']:.1f} s",
+                         f"{d['acquire_total_s']:.1f} s", f"{d['floor_ratio']:#.3g}", stages(d["timings"])])
+    return table(["model", "code", "measured", "one pass", "floor", "acquisition", "ratio",
+                  "embed / index / search / mix+score (s)"], "lllrrrrl", rows)
 
 
 STARTUP_READERS = {"v2": "V2 (Ray 2.60's default)", "v1": "V1 (what `runtime.connect` selects)"}
