@@ -64,16 +64,22 @@ def kmeanspp_seeds(x: np.ndarray, budget: int, rng: np.random.Generator) -> tupl
     return np.asarray(picks, np.int64), np.asarray(d2_at)
 
 
+def fit_kmeans(data: np.ndarray, k: int, seed: int, iterations: int = 20):
+    """A trained, seeded FAISS k-means of float32 `data` with `k` clusters."""
+    import faiss
+
+    # min_points_per_centroid only decides when FAISS warns on stderr; the few points a cluster gets when DM2's
+    # spread, ALFA-Mix or TypiClust cluster a few hundred candidates are by design, not a mistake to warn of.
+    km = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, verbose=False, min_points_per_centroid=1)
+    km.train(data)
+    return km
+
+
 def kmeans_clusters(x: np.ndarray, k: int, seed: int, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """k-means with `k` clusters (FAISS, seeded): (each row's cluster, each row's squared distance to its
     centre)."""
-    import faiss
-
     data = np.ascontiguousarray(x, np.float32)
-    # min_points_per_centroid only decides when FAISS warns on stderr; the few points a cluster gets when DM2's
-    # spread or ALFA-Mix cluster a few hundred candidates are by design, not a mistake to warn a user of.
-    km = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, verbose=False, min_points_per_centroid=1)
-    km.train(data)
+    km = fit_kmeans(data, k, seed, iterations)
     _, assign = km.index.search(data, 1)
     assign = assign[:, 0]
     return assign, ((data - km.centroids[assign]) ** 2).sum(1)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from raydm2.acquisition.greedy import fit_kmeans
 from raydm2.acquisition.ranking import select_picked
 from raydm2.acquisition.request import StrategySettings
 from raydm2.acquisition.strategies import register
@@ -43,12 +44,9 @@ def typicality(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def typiclust(ids: np.ndarray, z: np.ndarray, labeled_z: np.ndarray, budget: int, k: int, seed: int) -> pa.Table:
-    import faiss
-
     unit = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     clusters = min(len(labeled_z) + budget, len(z))
-    km = faiss.Kmeans(unit.shape[1], clusters, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
-    km.train(np.ascontiguousarray(unit, np.float32))
+    km = fit_kmeans(np.ascontiguousarray(unit, np.float32), clusters, seed)
     _, assign = km.index.search(np.ascontiguousarray(unit, np.float32), 1)
     assign = assign[:, 0]
     covered = set()
