@@ -40,20 +40,25 @@ def assert_same_selection(got: pa.Table, want: pa.Table):
             assert g.tolist() == w.tolist(), name
 
 
-@pytest.mark.parametrize("partners", ["shared", "joined"])
+SETTINGS = [
+    ("random", AcquireOptions(actors=1), {}),
+    ("mean", AcquireOptions(actors=3, batch_size=64, blocks=5), {"spread": 4}),
+    ("random", AcquireOptions(actors=2, blocks=3), {"balance": True}),
+]
+
+
 @pytest.mark.parametrize(
-    "mix_mode, opts, option",
-    [
-        ("random", AcquireOptions(actors=1), {}),
-        ("mean", AcquireOptions(actors=3, batch_size=64, blocks=5), {"spread": 4}),
-        ("random", AcquireOptions(actors=2, blocks=3), {"balance": True}),
-    ],
+    "mix_mode, opts, option, partners",
+    [(*s, partners) for s in SETTINGS for partners in ("pixels", "joined")] + [(*SETTINGS[1], "encoded")],
 )
 def test_distributed_selection_equals_reference(ray_cluster, sample_pools, trained_checkpoint, mix_mode, opts,
                                                 option, partners, monkeypatch):
-    """Partner images come from the pool shared through the object store (small pools) or through hash joins
-    (pools above `SHARED_IMAGES_MAX_BYTES`): either way, the in-memory engine's selection. With `spread`, the
-    k-means over the top candidates' embeddings too, and with `balance` the per-class quota."""
+    """Anchor and partner images come from the pool's pixels shared through the object store (small pools), its
+    stored bytes shared that way (pools above `SHARED_PIXELS_MAX_BYTES`) or hash joins (pools above
+    `SHARED_IMAGES_MAX_BYTES` too): each way, the in-memory engine's selection. With `spread`, the k-means over
+    the top candidates' embeddings too, and with `balance` the per-class quota."""
+    if partners != "pixels":
+        monkeypatch.setattr(ray_engine, "SHARED_PIXELS_MAX_BYTES", 0)
     if partners == "joined":
         monkeypatch.setattr(ray_engine, "SHARED_IMAGES_MAX_BYTES", 0)
     cfg = config(sample_pools["mnist_train"], mix=mix_mode, knn={"mode": "exact"}, **option)

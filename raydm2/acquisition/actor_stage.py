@@ -1,16 +1,18 @@
 """What the Ray engine wraps around the functions of its actor pools.
 
-`ActorStage` is one actor of a pool: on CPU it decodes the batch's image bytes itself, so decode and model are one
-stage (the decoded pixels never cross the object store, and there is no decode-task stage to schedule); it tells a
-`Tally` the batch's rows while someone watches (`progress.wants_counts`: the console's live line shows rows/s and
-ETA from them).
+`ActorStage` is one actor of a pool: it completes each batch before its model function sees it (`prepare`: on CPU
+it decodes the batch's image bytes, and DM2's scorers look anchors and partners up in the pool's images shared
+through the object store), so preparation and model are one stage (the pixels never cross the object store, and
+there is no task stage to schedule); it tells a `Tally` the batch's rows while someone watches
+(`progress.wants_counts`: the console's live line shows rows/s and ETA from them).
 """
 
 from __future__ import annotations
 
-import ray
+import functools
+from collections.abc import Callable
 
-from raydm2.data.images import ImageSpec, decode_batch
+import ray
 
 
 @ray.remote(num_cpus=0)
@@ -28,18 +30,29 @@ class Tally:
 
 
 class ActorStage:
-    """`fn_class(**kwargs)` called with each batch; with `decode`, the batch's `image` bytes are decoded first
-    (`pixels`, `ok`); with `tally`, each batch's rows are told to it under `stage`, fire-and-forget (a batch never
-    waits for the count)."""
+    """`fn_class(**kwargs)` called with each batch; with `prepare` (`(function, kwargs)`), with
+    `function(batch, **kwargs)` instead, where a kwarg that is a one-element list holding an ObjectRef (Ray Data
+    does not resolve refs inside constructor arguments) is fetched once, when the actor starts; with `tally`, each
+    batch's rows are told to it under `stage`, fire-and-forget (a batch never waits for the count)."""
 
-    def __init__(self, fn_class: type, decode: ImageSpec | None = None, tally=None, stage: str | None = None,
-                 **kwargs):
+    def __init__(self, fn_class: type, prepare: tuple[Callable, dict] | None = None, tally=None,
+                 stage: str | None = None, **kwargs):
         self.fn = fn_class(**kwargs)
-        self.decode, self.tally, self.stage = decode, tally, stage
+        self.prepare = None
+        if prepare is not None:
+            function, args = prepare
+            self.prepare = functools.partial(function, **{name: _fetched(value) for name, value in args.items()})
+        self.tally, self.stage = tally, stage
 
     def __call__(self, batch: dict):
         rows = len(batch["id"])
-        out = self.fn(decode_batch(batch, self.decode) if self.decode is not None else batch)
+        out = self.fn(self.prepare(batch) if self.prepare is not None else batch)
         if self.tally is not None:
             self.tally.add.remote(self.stage, rows)
         return out
+
+
+def _fetched(value):
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], ray.ObjectRef):
+        return ray.get(value[0])
+    return value

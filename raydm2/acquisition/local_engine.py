@@ -14,7 +14,7 @@ import torch
 
 from raydm2.acquisition.engine import Engine, Handle, sorted_by_id
 from raydm2.acquisition.knn import KnnSettings, NeighbourSearcher, build_index
-from raydm2.acquisition.mixing import DM2Params, mean_partner, unit
+from raydm2.acquisition.mixing import DM2Params, PoolImages, unit, with_partner_pixels
 from raydm2.acquisition.model_actors import Embedder
 from raydm2.acquisition.request import AcquireRequest
 from raydm2.acquisition.topk import top_rows
@@ -114,14 +114,7 @@ class LocalEngine(Engine):
         return searched
 
     def with_partners(self, searched: Handle, mean: bool) -> Handle:
-        position = np.searchsorted(self.ids, searched["id"])
-        out = {**searched, "pixels": self.pixels[position]}
-        if mean:
-            nbrs = np.searchsorted(self.ids, np.asarray(searched["nbr_ids"]))
-            out["partner"] = np.stack([mean_partner(self.pixels[row]) for row in nbrs])
-        else:
-            out["partner"] = self.pixels[np.searchsorted(self.ids, searched["nbr_id"])]
-        return out
+        return with_partner_pixels(searched, PoolImages(self.ids, self.pixels), mean)
 
 
 def _column(values: np.ndarray) -> pa.Array:

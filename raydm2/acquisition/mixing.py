@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from raydm2.data.images import unit_float
+from raydm2.data.images import ImageSpec, decode, unit_float
 from raydm2.acquisition.hashing import PURPOSE_NEIGHBOUR, PURPOSE_TAU, hash_ids, uniform
 
 # τ for adaptive mixing is the median chosen-neighbour distance over at most this many anchors (a seeded sample
@@ -108,6 +109,37 @@ def mix(anchor: np.ndarray, partner: np.ndarray, lam: np.ndarray) -> np.ndarray:
 def mean_partner(neighbour_pixels: np.ndarray) -> np.ndarray:
     """`mix=mean` (Eq. 7): the partner is the pixel mean of all k neighbours, (k, H, W, C) -> (H, W, C) in [0,1]."""
     return unit_float(neighbour_pixels).mean(axis=0)
+
+
+@dataclass(frozen=True)
+class PoolImages:
+    """A pool's images sorted by `ids`, where anchors and partners are looked up: decoded `pixels` (NHWC uint8),
+    or, where those would take too much memory, the stored `encoded` bytes, decoded as they are looked up."""
+
+    ids: np.ndarray
+    pixels: np.ndarray | None = None
+    encoded: pa.Array | None = None
+    spec: ImageSpec | None = None
+
+    def take(self, wanted: np.ndarray) -> np.ndarray:
+        """The pixels of the `wanted` ids, any shape of ids: (..., H, W, C)."""
+        wanted = np.asarray(wanted)
+        rows = np.searchsorted(self.ids, wanted.reshape(-1))
+        if self.pixels is not None:
+            found = self.pixels[rows]
+        else:
+            found = np.stack([decode(b, self.spec) for b in self.encoded.take(pa.array(rows)).to_pylist()])
+        return found.reshape(wanted.shape + found.shape[1:])
+
+
+def with_partner_pixels(batch: dict, images: PoolImages, mean: bool) -> dict:
+    """`batch` (anchors with their neighbours) with each anchor's `pixels` and its `partner`: the chosen
+    neighbour's pixels or, with `mean`, the pixel mean of all its k neighbours (one anchor at a time, so a batch of
+    large images never holds all k neighbours of every anchor at once)."""
+    out = {**batch, "pixels": images.take(batch["id"])}
+    if mean:
+        return {**out, "partner": np.stack([mean_partner(images.take(row)) for row in np.asarray(batch["nbr_ids"])])}
+    return {**out, "partner": images.take(batch["nbr_id"])}
 
 
 def uncertainty(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

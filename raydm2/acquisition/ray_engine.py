@@ -4,18 +4,22 @@
                                     themselves, GPU actors are fed by decode tasks)
 
 then per-block top-B merged on the driver, one gather actor for global algorithms, or DM2's neighbour search
-(index built by tasks, searched by actors that each hold it or, at scale, one shard of it) and the anchor's and partner's images, looked up
-in the pool shared through the object store (small pools) or brought by hash joins. The driver holds only ids of previously selected images and O(B) candidates: its memory does not
-grow with the pool.
+(index built by tasks, searched by actors that each hold it or, at scale, one shard of it) and the anchor's and
+partner's images: looked up by the scoring actors in the pool's images shared through the object store (decoded
+once, by a task that runs beside the index build, or for bigger pools as stored bytes), or, for pools too big to
+share, brought by hash joins. The driver holds only ids of previously selected images and O(B) candidates: its
+memory does not grow with the pool.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +30,7 @@ from ray.data import ActorPoolStrategy
 from raydm2.acquisition.engine import Engine, Handle, sorted_by_id
 from raydm2.acquisition.knn import (IVFParams, KnnSettings, NeighbourSearcher, build_exact, fill_shard,
                                     ivf_params, merged_description, train_ivf)
-from raydm2.acquisition.mixing import DM2Params, mean_partner, unit
+from raydm2.acquisition.mixing import DM2Params, PoolImages, mean_partner, unit, with_partner_pixels
 from raydm2.acquisition.model_actors import Embedder
 from raydm2 import progress
 from raydm2.acquisition.request import AcquireOptions, AcquireRequest
@@ -40,10 +44,22 @@ from raydm2.models import checkpoint
 from raydm2.runtime import ActorPlan, plan_actors
 
 ROWS_PER_JOIN_PARTITION = 50_000
-# A pool whose stored images take at most this many bytes is shared with the mixing tasks through the object store
-# (one copy per node, read in place) instead of being joined to the anchors twice: a hash join starts shuffle
-# actors and moves every image, which dominates a small acquisition.
+# A pool whose decoded pixels take at most this many bytes is decoded once and shared with the scoring actors
+# through the object store (one copy per node, read in place): decoding anchor and partner for every mix took
+# more time than the model did (benchmarks/results/acquire_floor_small_cnn.json).
+SHARED_PIXELS_MAX_BYTES = 512 * 2**20
+# Above that, a pool whose stored images take at most this many bytes is shared as those bytes (decoded as they
+# are looked up) instead of being joined to the anchors twice: a hash join starts shuffle actors and moves every
+# image, which dominates a small acquisition.
 SHARED_IMAGES_MAX_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Rows that the actors of the stage scoring them complete first with `prepare` (see `ActorStage`)."""
+
+    rows: ray.data.Dataset
+    prepare: tuple[Callable, dict]
 
 
 class RayEngine(Engine):
@@ -81,8 +97,8 @@ class RayEngine(Engine):
         return ds.map_batches(decode_batch, fn_kwargs={"spec": self.request.image}, batch_format="numpy",
                               batch_size=self.opts.batch_size, num_cpus=0.5)
 
-    def _map_model(self, ds: ray.data.Dataset, model_fn, count_as: str | None = None, decode: bool = False,
-                   **kwargs) -> ray.data.Dataset:
+    def _map_model(self, ds: ray.data.Dataset | Prepared, model_fn, count_as: str | None = None,
+                   decode: bool = False, **kwargs) -> ray.data.Dataset:
         """`ds` through a `ModelActor` subclass in an actor pool laid out from free resources, or through a plain
         function as tasks. With `decode`, `ds` holds pool rows (`id`, `image` bytes): CPU actors decode them in the
         same stage, GPU actors get pixels from decode tasks (which keep the CPUs busy while the GPU computes). With
@@ -93,16 +109,21 @@ class RayEngine(Engine):
         plan = self._plan()
         kwargs = {"checkpoint_uri": self.request.checkpoint, "spec": self.request.model, **kwargs,
                   "threads": plan.threads, "use_gpu": plan.uses_gpu}
-        if decode and plan.uses_gpu:
-            ds, decode = self._decode(ds), False
-        return self._actor_pool(ds, model_fn, kwargs, count_as, plan, self.opts.batch_size,
-                                decode=self.request.image if decode else None)
+        prepare = None
+        if isinstance(ds, Prepared):
+            ds, prepare = ds.rows, ds.prepare
+        elif decode and plan.uses_gpu:
+            ds = self._decode(ds)
+        elif decode:
+            prepare = (decode_batch, {"spec": self.request.image})
+        return self._actor_pool(ds, model_fn, kwargs, count_as, plan, self.opts.batch_size, prepare)
 
     def _actor_pool(self, ds: ray.data.Dataset, fn_class: type, kwargs: dict, count_as: str | None,
-                    plan: ActorPlan, batch_size: int, decode: ImageSpec | None = None) -> ray.data.Dataset:
+                    plan: ActorPlan, batch_size: int, prepare: tuple[Callable, dict] | None = None
+                    ) -> ray.data.Dataset:
         return ds.map_batches(
             ActorStage,
-            fn_constructor_kwargs={"fn_class": fn_class, "decode": decode, "stage": count_as,
+            fn_constructor_kwargs={"fn_class": fn_class, "prepare": prepare, "stage": count_as,
                                    "tally": self._tally if count_as is not None else None, **kwargs},
             compute=ActorPoolStrategy(size=plan.size),
             num_cpus=plan.num_cpus,
@@ -206,7 +227,7 @@ class RayEngine(Engine):
 
     def gather(self, fn, inputs: dict[str, tuple[Handle, list[str]]], **kwargs):
         actor = Gatherer.remote()
-        blocks = {name: (_blocks(ds, columns), columns) for name, (ds, columns) in inputs.items()}
+        blocks = {name: (_blocks(ds), columns) for name, (ds, columns) in inputs.items()}
         try:
             return ray.get(actor.run.remote(fn, blocks, kwargs))
         finally:
@@ -215,7 +236,8 @@ class RayEngine(Engine):
     # ---- DM2's neighbours and partner pixels -------------------------------------------------------------
     def neighbours(self, embedded: Handle, knn: KnnSettings, params: DM2Params) -> Handle:
         n = self.counts["candidates"]
-        blocks = _blocks(embedded, ["id", "z"])
+        _ = self._shared_images  # started now, so the pool is decoded beside the index build
+        blocks = _blocks(embedded)
         with self._counting("index_s", lambda: None):
             if knn.exact_for(n):
                 index_refs = [_build_exact.options(num_cpus=1).remote(blocks, knn.l2_weight)]
@@ -245,12 +267,21 @@ class RayEngine(Engine):
         self.lap("search_s")
         return searched
 
-    def with_partners(self, searched: Handle, mean: bool) -> Handle:
-        if pool.image_bytes(self.request.pool) <= SHARED_IMAGES_MAX_BYTES:
-            images = _pool_images.remote(self.request.pool)
-            return searched.map_batches(_attach_images, fn_kwargs={"images": [images], "mean": mean,
-                                                                   "spec": self.request.image},
-                                        batch_format="numpy", num_cpus=0.25)
+    @functools.cached_property
+    def _shared_images(self) -> ray.ObjectRef | None:
+        """The ObjectRef of the pool's `PoolImages`, made by a task started on first use, or None for a pool too big
+        to share (`SHARED_PIXELS_MAX_BYTES`, `SHARED_IMAGES_MAX_BYTES`)."""
+        spec, uri = self.request.image, self.request.pool
+        if pool.pool_info(uri).rows * spec.size ** 2 * spec.channels <= SHARED_PIXELS_MAX_BYTES:
+            return _pool_images.remote(uri, spec, decoded=True)
+        if pool.image_bytes(uri) <= SHARED_IMAGES_MAX_BYTES:
+            return _pool_images.remote(uri, spec, decoded=False)
+        return None
+
+    def with_partners(self, searched: Handle, mean: bool) -> Handle | Prepared:
+        images = self._shared_images
+        if images is not None:
+            return Prepared(searched, (with_partner_pixels, {"images": [images], "mean": mean}))
         # At least one join partition per scoring actor, so every actor of the pool gets blocks to score.
         partitions = max(self._plan().size, math.ceil(self.counts["candidates"] / ROWS_PER_JOIN_PARTITION))
         images = self._read_pool()
@@ -330,12 +361,13 @@ def _add_to_cache(embedded: ray.data.Dataset, cache: Location) -> None:
         staging.delete()
 
 
-def _blocks(ds: ray.data.Dataset, columns: list[str] | None = None) -> list:
-    """`ds`'s blocks of `columns` (all by default), computed now (from the driver) and handed over as a one-element
-    list holding their refs (Ray does not resolve refs nested in a list). A task or actor that holds a CPU reads these blocks
-    itself: were it to run Ray Data on a lazy dataset, it would wait for CPUs that tasks like it may all be
-    holding (two acquisitions on a 2-CPU cluster deadlocked that way)."""
-    return [(ds if columns is None else ds.select_columns(columns)).to_arrow_refs()]
+def _blocks(ds: ray.data.Dataset) -> list:
+    """`ds`'s blocks, computed now (from the driver) and handed over as a one-element list holding their refs (Ray
+    does not resolve refs nested in a list); whoever reads them picks the columns it needs (`_arrays`), since
+    selecting columns here would run one more Ray Data stage. A task or actor that holds a CPU reads these blocks
+    itself: were it to run Ray Data on a lazy dataset, it would wait for CPUs that tasks like it may all be holding
+    (two acquisitions on a 2-CPU cluster deadlocked that way)."""
+    return [ds.to_arrow_refs()]
 
 
 @ray.remote(num_cpus=0.25)
@@ -392,29 +424,16 @@ def _describe(index) -> dict:
     return index.describe()
 
 
-@ray.remote(num_cpus=0.25)
-def _pool_images(pool_uri: str) -> tuple[np.ndarray, pa.Array]:
-    """(ids, image bytes) of the whole pool sorted by id: the table `_attach_images` looks anchors and partners up in.
-    Read by a task, so it goes to the object store without passing through the driver."""
+@ray.remote(num_cpus=0.5)
+def _pool_images(pool_uri: str, spec: ImageSpec, decoded: bool) -> PoolImages:
+    """The whole pool's images sorted by id, decoded or as stored: the table the scoring actors look anchors and
+    partners up in. Made by a task, so it goes to the object store without passing through the driver."""
     table = pool.read_columns(pool_uri, ["id", "image"]).sort_by("id")
-    return table.column("id").to_numpy(), table.column("image").combine_chunks()
-
-
-def _attach_images(batch: dict, images: list, mean: bool, spec: ImageSpec) -> dict:
-    """What the joins of `with_partners` add, looked up in the shared pool images (`images[0]`, see `_pool_images`):
-    each anchor's `image`, and its partner's `nbr_image` or, with `mean`, the mean pixels of its k neighbours."""
-    ids, encoded = ray.get(images[0])
-
-    def lookup(wanted: np.ndarray) -> list[bytes]:
-        return encoded.take(pa.array(np.searchsorted(ids, wanted))).to_pylist()
-
-    out = {**batch, "image": np.array(lookup(batch["id"]), dtype=object)}
-    if not mean:
-        return {**out, "nbr_image": np.array(lookup(batch["nbr_id"]), dtype=object)}
-    nbrs = np.asarray(batch["nbr_ids"])
-    pixels = [decode(b, spec) for b in lookup(nbrs.reshape(-1))]
-    k = nbrs.shape[1]
-    return {**out, "partner": np.stack([mean_partner(np.stack(pixels[i * k:(i + 1) * k])) for i in range(len(nbrs))])}
+    ids = table.column("id").to_numpy()
+    if decoded:
+        return PoolImages(ids, pixels=decode_batch({"id": ids, "image": table.column("image").to_pylist()},
+                                                   spec)["pixels"])
+    return PoolImages(ids, encoded=table.column("image").combine_chunks(), spec=spec)
 
 
 def _explode_neighbours(batch: dict) -> dict:
