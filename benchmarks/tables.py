@@ -216,7 +216,10 @@ FLOOR_MODELS = {"small_cnn": "small CNN", "resnet18": "resnet18 (CIFAR stem)"}
 # Each model's floor records, oldest first, with what the code had then; the last is acquire_floor_<arch>.json.
 FLOOR_RECORDS = {"small_cnn": {"acquire_floor_small_cnn_ivf_flat": "IVF-Flat index",
                                "acquire_floor_small_cnn_fast_scan": "fast-scan index",
-                               "acquire_floor_small_cnn": "actor threads from the cluster's CPUs"},
+                               "acquire_floor_small_cnn_cluster_threads": "actor threads from the cluster's CPUs",
+                               "acquire_floor_small_cnn_rerun_before_pixels": "the same code, re-run beside the next "
+                                                                              "row",
+                               "acquire_floor_small_cnn": "pool decoded once for mixing"},
                  "resnet18": {"acquire_floor_resnet18": "IVF-Flat index, partners through two hash joins"}}
 
 

@@ -46,7 +46,7 @@ from raydm2.runtime import ActorPlan, plan_actors
 ROWS_PER_JOIN_PARTITION = 50_000
 # A pool whose decoded pixels take at most this many bytes is decoded once and shared with the scoring actors
 # through the object store (one copy per node, read in place): decoding anchor and partner for every mix took
-# more time than the model did (benchmarks/results/acquire_floor_small_cnn.json).
+# more time than the model did (benchmarks/results/acquire_floor_small_cnn_rerun_before_pixels.json).
 SHARED_PIXELS_MAX_BYTES = 512 * 2**20
 # Above that, a pool whose stored images take at most this many bytes is shared as those bytes (decoded as they
 # are looked up) instead of being joined to the anchors twice: a hash join starts shuffle actors and moves every
