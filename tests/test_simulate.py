@@ -2,10 +2,12 @@
 grows by the budget each round, and the report's AUBC is the area under the recorded curve. A repeat resumes, also
 from records moved with copies of the pools, and never from records of other settings or other pool content."""
 
+import hashlib
 import json
 import os
 import shutil
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -15,7 +17,8 @@ from raydm2.data import pool
 from raydm2.ledger.config import validate_config
 from raydm2.errors import RayDM2Error
 from raydm2.ledger.presets import PRESETS
-from raydm2.service.simulate import SimulationPlan, aubc, environment, simulate, source_files
+from raydm2.service.simulate import (SimulationPlan, aubc, environment, run_config, settings_key, simulate,
+                                     source_files)
 
 from helpers import CLASSES, open_in_chromium
 
@@ -23,6 +26,23 @@ from helpers import CLASSES, open_in_chromium
 def test_aubc_is_the_normalised_trapezoid_area():
     assert aubc([20, 40, 60], [0.5, 0.7, 0.8]) == pytest.approx(((0.5 + 0.7) / 2 * 20 + (0.7 + 0.8) / 2 * 20) / 40)
     assert aubc([20], [0.4]) == pytest.approx(0.4)
+
+
+def test_a_setting_added_later_keeps_earlier_records_resumable():
+    """Runs recorded before `dm2.balance` existed were keyed on configs without it: at its default the key is the
+    one they carry, so they resume; turned on, it is another run's key."""
+    base = validate_config({**PRESETS["fashion_mnist"], "name": "sim", "pool": "p", "classes": CLASSES})
+    plan = SimulationPlan(base=base, strategies=("dm2",), seeds=(0,), initial=20, per_round=10, rounds=2,
+                          engine="local")
+    data = SimpleNamespace(digest="the pool's content")
+    config = run_config(plan, "dm2", 0)
+    before = {**config.model_dump(mode="json"), "pool": data.digest, "test_pool": None}
+    del before["strategy"]["balance"]
+    recorded = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert settings_key(plan, config, data) == f"{recorded}/local/20+10x2"
+    on = run_config(replace(plan, base=base.with_overrides({"strategy.balance": True, "strategy.spread": None})),
+                    "dm2", 0)
+    assert settings_key(plan, on, data).split("/")[0] != recorded
 
 
 def test_local_simulation_runs_rounds_and_resumes(sample_pools, tmp_path):

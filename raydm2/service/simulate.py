@@ -80,10 +80,19 @@ def run_config(plan: SimulationPlan, strategy: str, seed: int) -> ProjectConfig:
     return validate_config(merge_settings(plan.base.model_dump(mode="json"), run), source="simulation settings")
 
 
+# Settings added after runs began to be recorded, with their defaults: while at its default such a setting is left
+# out of the key, so adding it did not orphan every record made before it (those runs behaved as the default does).
+# A setting added later goes here too.
+ADDED_SETTINGS = {("strategy", "balance"): False}
+
+
 def settings_key(plan: SimulationPlan, config: ProjectConfig, data: "PoolArrays") -> str:
     """What a finished run must have been run with to be resumed: its config, with the pools' locations replaced by
     the digest of their decoded content, and the plan's round shape."""
     settings = {**config.model_dump(mode="json"), "pool": data.digest, "test_pool": None}
+    for (section, name), default in ADDED_SETTINGS.items():
+        if settings.get(section, {}).get(name, default) == default:
+            settings[section] = {k: v for k, v in settings[section].items() if k != name}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     seeding = "" if plan.seed_strategy == "random" else f"/seed-{plan.seed_strategy}"
     return f"{digest}/{plan.engine}/{plan.initial}+{plan.per_round}x{plan.rounds}{seeding}"
