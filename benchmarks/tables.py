@@ -600,9 +600,12 @@ def select_goal(res: Results) -> str:
         rank = 1 + sum(v["mean"] > dm2["mean"] for v in aubc.values())
         above = dm2["mean"] > rnd["mean"]
         near = dm2["mean"] >= aubc[best]["mean"] - aubc[best]["std"]
+        goal = bold("met") if above and near else "not met"
+        if result != f"select_{name}":  # the strategies still to run may change it
+            goal = "met so far" if above and near else "not met so far"
         rows.append([label, f"{pm(dm2)} ({_preset_note(res, name, dm2_ran_with(res, name, result))})", pm(rnd),
                      f"{best} {pm(aubc[best])}", f"{rank} of {len(aubc)}", "yes" if above else "no",
-                     "yes" if near else "no", bold("met") if above and near else "not met"])
+                     "yes" if near else "no", goal])
     return table(["protocol", "DM2 AUBC", "random", "best other", "DM2's rank", "above random",
                   "within 1 std of the best", "goal"], "llllllll", rows)
 
@@ -719,18 +722,23 @@ def lam_validation(res: Results, name: str) -> str:
 
 
 def spread_validation(res: Results, name: str) -> str:
-    """DM2's `spread` option against its defaults on the validation split (results/ablation_<name>_validation_
-    subset_partial.json and its records), random's validation runs beside them (results/select_<name>_validation_
-    subset_partial.json): AUBC, per seed, accuracy after the first acquisition (where the balanced protocols'
+    """DM2's `spread` and `balance` options against its defaults on the validation split
+    (results/ablation_<name>_validation_subset_partial.json and its records), random's validation runs beside them
+    (results/select_<name>_validation_subset_partial.json): AUBC, per seed, accuracy after the first acquisition (where the balanced protocols'
     uncertainty picks dip) and final accuracy. Nothing here has seen the test subset."""
     d = res.json(f"ablation_{name}_validation_subset_partial")
     rnd = res.json(f"select_{name}_validation_subset_partial")
-    own = f"{name}-{d['engine']}-validation"  # the sweep's start: the protocol's own DM2 runs on validation
+    own = f"{name}-{d['engine']}-validation"  # the protocol's own DM2 runs on validation, at the preset
+    sweep = f"ablation-{name}-{d['engine']}-validation"
     now = dm2_settings(name)["spread"]
-    settings = [(f"spread off ({'the preset' if now is None else 'the preset before this sweep'})", own, "dm2")] + [
+    # Spread off started the sweep; once the preset moved on, its runs were kept in the sweep's `defaults` folder.
+    start = f"{sweep}/defaults" if res.has_records(f"{sweep}/defaults") else own
+    settings = [(f"spread off ({'the preset' if now is None else 'the preset before this sweep'})", start, "dm2")] + [
         (f"spread = {r['value']}" + (" (the preset)" if r["value"] == now else ""),
-         f"ablation-{name}-{d['engine']}-validation/spread={r['value']}", "dm2")
-        for r in d["rows"] if r["param"] == "spread"] + [("(random)", f"{name}-{rnd['engine']}-validation", "random")]
+         own if r["value"] == now else f"{sweep}/spread={r['value']}", "dm2")
+        for r in d["rows"] if r["param"] == "spread"] + [
+        ("balance (spread off)", f"{sweep}/balance=True", "dm2") for r in d["rows"] if r["param"] == "balance"] + [
+        ("(random)", f"{name}-{rnd['engine']}-validation", "random")]
     rows, means = [], []
     for label, folder, strategy in settings:
         recs = [res.record(folder, strategy, seed) for seed in d["seeds"]]
@@ -810,6 +818,8 @@ TABLES = {
     "select_imbalanced_fashion_mnist_50": lambda res: select_table(res, "imbalanced_fashion_mnist_50"),
     "picks_imbalanced_fashion_mnist_50": lambda res: select_picks(res, "imbalanced_fashion_mnist_50"),
     "select_noisy_fashion_mnist": lambda res: select_table(res, "noisy_fashion_mnist"),
+    "select_mid_budget_fashion_mnist": lambda res: select_table(res, "mid_budget_fashion_mnist",
+                                                                "select_mid_budget_fashion_mnist_subset_partial"),
     "picks_noisy_fashion_mnist": lambda res: select_picks(res, "noisy_fashion_mnist"),
     "ablation_mnist": lambda res: ablation_table(res, "mnist", robust=True),
     "ablation_fashion_mnist": lambda res: ablation_table(res, "fashion_mnist", robust=False),
