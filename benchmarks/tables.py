@@ -724,8 +724,9 @@ def lam_validation(res: Results, name: str) -> str:
 def spread_validation(res: Results, name: str) -> str:
     """DM2's `spread` and `balance` options against its defaults on the validation split
     (results/ablation_<name>_validation_subset_partial.json and its records), random's validation runs beside them
-    (results/select_<name>_validation_subset_partial.json): AUBC, per seed, accuracy after the first acquisition (where the balanced protocols'
-    uncertainty picks dip) and final accuracy. Nothing here has seen the test subset."""
+    (results/select_<name>_validation_subset_partial.json): AUBC, per seed, accuracy after the first acquisition
+    (where the balanced protocols' uncertainty picks dip) and final accuracy. Nothing here has seen the test
+    subset."""
     d = res.json(f"ablation_{name}_validation_subset_partial")
     rnd = res.json(f"select_{name}_validation_subset_partial")
     own = f"{name}-{d['engine']}-validation"  # the protocol's own DM2 runs on validation, at the preset
