@@ -30,18 +30,19 @@ class Tally:
 
 
 class ActorStage:
-    """`fn_class(**kwargs)` called with each batch; with `prepare` (`(function, kwargs)`), with
-    `function(batch, **kwargs)` instead, where a kwarg that is a one-element list holding an ObjectRef (Ray Data
-    does not resolve refs inside constructor arguments) is fetched once, when the actor starts; with `tally`, each
-    batch's rows are told to it under `stage`, fire-and-forget (a batch never waits for the count)."""
+    """`fn_class(**kwargs)` called with each batch, after `function(batch, **args)` with `prepare`
+    (`(function, args)`). A kwarg or arg that is a one-element list holding an ObjectRef (Ray Data does not resolve
+    refs inside constructor arguments, and a list keeps Ray from resolving it at submission) is fetched once, when
+    the actor starts. With `tally`, each batch's rows are told to it under `stage`, fire-and-forget (a batch never
+    waits for the count)."""
 
     def __init__(self, fn_class: type, prepare: tuple[Callable, dict] | None = None, tally=None,
                  stage: str | None = None, **kwargs):
-        self.fn = fn_class(**kwargs)
+        self.fn = fn_class(**_fetched(kwargs))
         self.prepare = None
         if prepare is not None:
             function, args = prepare
-            self.prepare = functools.partial(function, **{name: _fetched(value) for name, value in args.items()})
+            self.prepare = functools.partial(function, **_fetched(args))
         self.tally, self.stage = tally, stage
 
     def __call__(self, batch: dict):
@@ -52,7 +53,6 @@ class ActorStage:
         return out
 
 
-def _fetched(value):
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], ray.ObjectRef):
-        return ray.get(value[0])
-    return value
+def _fetched(kwargs: dict) -> dict:
+    return {name: ray.get(value[0]) if isinstance(value, list) and len(value) == 1
+            and isinstance(value[0], ray.ObjectRef) else value for name, value in kwargs.items()}

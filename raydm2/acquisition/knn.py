@@ -357,8 +357,7 @@ def build_index(batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], 
 
 class NeighbourSearcher:
     """Holds one copy of the index (or of one shard) and answers kNN for batches of anchors. In the Ray engine it is
-    a pool actor that fetches the index from the object store once (`index` is then a one-element list holding the
-    ObjectRef, which Ray Data does not resolve inside constructor arguments).
+    a pool actor, whose `ActorStage` fetches the index from the object store once.
 
     A shard's searcher gets from the batch what earlier shards found: the lists to probe (`probe`, `probe_d`, from
     the first shard's quantizer) and the best k so far (`nbr_ids`/`nbr_dists`), which it merges with its own. The
@@ -373,10 +372,6 @@ class NeighbourSearcher:
         faiss.omp_set_num_threads(max(1, threads))
         # The exact re-rank is torch's cdist, whose pool Ray sizes from the actor's CPU reservation, not the plan.
         torch.set_num_threads(max(1, threads))
-        if isinstance(index, list):
-            import ray
-
-            index = ray.get(index[0])
         self.index = index
         self.params = params
         self.choose = choose

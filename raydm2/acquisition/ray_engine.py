@@ -28,6 +28,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from raydm2.acquisition.engine import Engine, Handle, sorted_by_id
+from raydm2.acquisition.local_engine import load_pool
 from raydm2.acquisition.knn import (IVFParams, KnnSettings, NeighbourSearcher, build_exact, fill_shard,
                                     ivf_params, merged_description, train_ivf)
 from raydm2.acquisition.mixing import DM2Params, PoolImages, mean_partner, unit, with_partner_pixels
@@ -428,12 +429,11 @@ def _describe(index) -> dict:
 def _pool_images(pool_uri: str, spec: ImageSpec, decoded: bool) -> PoolImages:
     """The whole pool's images sorted by id, decoded or as stored: the table the scoring actors look anchors and
     partners up in. Made by a task, so it goes to the object store without passing through the driver."""
-    table = pool.read_columns(pool_uri, ["id", "image"]).sort_by("id")
-    ids = table.column("id").to_numpy()
     if decoded:
-        return PoolImages(ids, pixels=decode_batch({"id": ids, "image": table.column("image").to_pylist()},
-                                                   spec)["pixels"])
-    return PoolImages(ids, encoded=table.column("image").combine_chunks(), spec=spec)
+        ids, pixels, _ = load_pool(pool_uri, spec)
+        return PoolImages(ids, pixels=pixels)
+    table = pool.read_columns(pool_uri, ["id", "image"]).sort_by("id")
+    return PoolImages(table.column("id").to_numpy(), encoded=table.column("image").combine_chunks(), spec=spec)
 
 
 def _explode_neighbours(batch: dict) -> dict:
