@@ -97,6 +97,12 @@ def counting(stage: str, total: int | None, read: Callable[[], int], unit: str =
     finally:
         stop.set()
         thread.join(timeout=every_s * 4)
+        # A stage shorter than a poll (actors that start slowly, then score every row in a blink) would otherwise
+        # end with its line at 0.
+        try:
+            listener.stage_counted(stage, read(), total, unit)
+        except Exception:
+            pass
         listener.stage_ended(stage)
 
 

@@ -114,3 +114,22 @@ def test_live_line_on_a_terminal_only(monkeypatch):
             assert re.search(r"\d+/400 images  [\d.]+k?/s  ETA \d\d:\d\d", out), out
         else:
             assert out == summary
+
+
+def test_a_stage_shorter_than_a_poll_still_shows_its_count(monkeypatch):
+    """Actors that start slowly and then score every row between two polls: the line shows the rows done when the
+    stage ends, not the 0 it started at."""
+    from raydm2 import progress
+    from raydm2.service import console
+
+    stream = _Terminal()
+    monkeypatch.setattr("sys.stdout", stream)
+    console.setup()
+    done = [0]
+    try:
+        with progress.counting("mix_score_s", 300, lambda: done[0], every_s=60):
+            done[0] = 300
+    finally:
+        progress.listen(None)
+    counts = re.findall(r"\r  mix \+ score +\d+% \|[^|]*\| ([\d,]+)/300 images", stream.getvalue())
+    assert counts and counts[-1] == "300", stream.getvalue()

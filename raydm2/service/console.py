@@ -151,6 +151,7 @@ class _Lines(progress.Listener):
     def stage_ended(self, stage: str) -> None:
         bar = self._bars.pop(stage, None)
         if bar is not None:
+            bar.refresh()  # the last count, which tqdm's `mininterval` may have held back
             bar.close()
 
     def stage_done(self, stage: str, seconds: float, rows: int | None) -> None:
