@@ -1,5 +1,7 @@
 """The distributed DM2 pipeline against the in-memory engine, plus its edge cases."""
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 from raydm2.acquisition import AcquireOptions, acquire, ray_engine
 from raydm2.acquisition.local_engine import load_pool
-from raydm2.acquisition.mixing import mix
+from raydm2.acquisition.mixing import mean_partner, mix
 from raydm2.data import pool
 from raydm2.data.images import ImageSpec, to_tensor
 from raydm2.errors import RayDM2Error
@@ -73,6 +75,31 @@ def test_distributed_selection_equals_reference(ray_cluster, sample_pools, train
     assert (sel.id != sel.neighbor_id).all()
     assert result.counts["candidates"] == 2000 and result.counts["skipped_undecodable"] == 0
     assert set(result.timings) == {"embed_s", "index_s", "search_s", "mix_score_s"}
+
+
+def test_joined_mean_partners_shuffle_into_the_joins_partitions(ray_cluster, sample_pools, monkeypatch):
+    """For a pool too big to share, each anchor's partner is the mean of its neighbours' pixels, brought by hash joins
+    and a group-by. Every shuffle uses the joins' partition count: the group-by's default (200 partitions) ran 400
+    tasks one at a time on a 3,000-image pool and made an acquisition on a 2-CPU cluster take minutes."""
+    import ray.data
+
+    monkeypatch.setattr(ray_engine, "SHARED_PIXELS_MAX_BYTES", 0)
+    monkeypatch.setattr(ray_engine, "SHARED_IMAGES_MAX_BYTES", 0)
+    cfg = config(sample_pools["mnist_train"], mix="mean")
+    engine = ray_engine.RayEngine(cfg.acquire_request("unused", 1, LABELED), AcquireOptions(actors=2))
+    ids = np.arange(1000, 1040, dtype=np.int64)
+    engine.counts["candidates"] = len(ids)
+    nbrs = np.stack([ids + 100, ids + 200, ids + 300], axis=1)
+    searched = ray.data.from_items([{"id": i, "nbr_ids": n} for i, n in zip(ids, nbrs)])
+    pairs = engine.with_partners(searched, mean=True).materialize()
+
+    shuffles = re.findall(r"(?:parts|partitions)=(\d+)\)", pairs.stats())
+    assert shuffles and set(shuffles) == {"2"}, pairs.stats()
+    pool_ids, pixels, _ = load_pool(cfg.pool, ImageSpec(28, 1))
+    got = {int(row["id"]): row["partner"] for row in pairs.iter_rows()}
+    assert sorted(got) == ids.tolist()
+    for anchor, row in zip(ids, nbrs):
+        np.testing.assert_allclose(got[anchor], mean_partner(pixels[np.searchsorted(pool_ids, row)]), atol=1e-6)
 
 
 def test_dm2_picks_differ_from_least_confidence(sample_pools, trained_checkpoint):
