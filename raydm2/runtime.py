@@ -22,6 +22,11 @@ from raydm2.errors import RayDM2Error
 log = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"
+# How long the embedded cluster keeps an idle worker process. Ray keeps only as many workers as the node has CPUs
+# and kills the others after 1 s idle; Ray Data's own actors and raydm2's actor pools already exceed that on a small
+# machine, so every task of every stage started a new Python process that imported torch again (1–3 s of CPU each):
+# the hash-join test of mean mixing went from 61 s to 28 s with workers kept a minute.
+IDLE_WORKER_KEEP_MS = 60_000
 
 
 _verbose = False
@@ -102,6 +107,7 @@ def connect(address: str | None = None, include_dashboard: bool = False, num_cpu
         runtime_env=runtime_env,
         log_to_driver=_verbose,
         logging_level=logging.INFO if _verbose else logging.WARNING,
+        _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS},
     )
     _quiet_ray()
     _started_local = True
