@@ -81,13 +81,16 @@ def counting(stage: str, total: int | None, read: Callable[[], int], unit: str =
         return
     stop = threading.Event()
 
+    def tell() -> None:
+        try:
+            done = read()
+        except Exception:  # a count that cannot be read now (an actor starting) is not worth failing over
+            return
+        listener.stage_counted(stage, done, total, unit)
+
     def poll() -> None:
         while not stop.wait(every_s):
-            try:
-                done = read()
-            except Exception:  # a count that cannot be read now (an actor starting) is not worth failing over
-                continue
-            listener.stage_counted(stage, done, total, unit)
+            tell()
 
     listener.stage_counted(stage, 0, total, unit)
     thread = threading.Thread(target=poll, name=f"raydm2-count-{stage}", daemon=True)
@@ -99,10 +102,7 @@ def counting(stage: str, total: int | None, read: Callable[[], int], unit: str =
         thread.join(timeout=every_s * 4)
         # A stage shorter than a poll (actors that start slowly, then score every row in a blink) would otherwise
         # end with its line at 0.
-        try:
-            listener.stage_counted(stage, read(), total, unit)
-        except Exception:
-            pass
+        tell()
         listener.stage_ended(stage)
 
 
